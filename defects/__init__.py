@@ -1,0 +1,20 @@
+"""defects: industrial visual defect inspection (weld, steel, winding, pipe).
+
+import defects
+predictor = defects.load("models/weld/bundle.pt")
+detections = predictor.predict("radiograph.png")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "load"]
+
+
+def load(path: Any, device: str = "cpu") -> Any:
+    """Rebuild a predictor from a model bundle (imports torch only when called)."""
+    from defects.predict import load as _load
+
+    return _load(path, device)

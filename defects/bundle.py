@@ -1,0 +1,71 @@
+"""Model bundles: everything needed to rebuild a trained model, with no pickled objects.
+
+A bundle is a `torch.save`d dict of tensors and plain values, so it loads with
+`weights_only=True` and without Lightning, Hydra or the training config.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from defects.formats.errors import FormatError
+
+BUNDLE_FORMAT = "defects-bundle"
+BUNDLE_VERSION = 1
+REQUIRED_KEYS = ("task", "model", "class_names", "thresholds", "input", "state_dict")
+
+
+def save_bundle(
+    path: str | Path,
+    *,
+    task: str,
+    model: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    class_names: list[str],
+    thresholds: dict[str, Any],
+    input: dict[str, Any],
+    metrics: dict[str, float] | None = None,
+) -> Path:
+    """Write a bundle atomically. `model` = {"kind": registered builder, "kwargs": plain values}."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bundle = {
+        "format": BUNDLE_FORMAT,
+        "version": BUNDLE_VERSION,
+        "task": task,
+        "model": model,
+        "class_names": list(class_names),
+        "thresholds": dict(thresholds),
+        "input": dict(input),
+        "metrics": dict(metrics or {}),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(bundle, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_bundle(path: str | Path) -> dict[str, Any]:
+    """Read and check a bundle; errors name the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model bundle not found")
+    try:
+        bundle = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a foreign or damaged file
+        raise FormatError(path, f"not a readable model bundle ({exc})") from exc
+    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+        raise FormatError(
+            path, "not a defects model bundle (a Lightning .ckpt? use defects.evaluate)"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in bundle]
+    if missing:
+        raise FormatError(path, f"bundle lacks keys {missing}")
+    if bundle["version"] > BUNDLE_VERSION:
+        raise FormatError(path, f"bundle version {bundle['version']} is newer than this library")
+    return bundle

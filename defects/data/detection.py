@@ -1,0 +1,213 @@
+"""Detection data in the `{train,valid,test}/{images,labels}` YOLO layout (weld, winding).
+
+An image with no label file, or an empty one, is a defect-free image. Every label and every
+image is checked when a split is set up, so bad input fails before training starts, naming
+the file and line; with `strict: false` it is skipped, counted and reported instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from defects.data.images import list_images, read_image
+from defects.data.transforms import build_transform
+from defects.formats.errors import FormatError, SkipReport, handle
+from defects.formats.yolo import read_class_names, read_yolo_labels
+
+log = logging.getLogger("defects")
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class DetectionSample:
+    """One image and its boxes (pascal_voc pixels, 0-based class ids)."""
+
+    image: Path
+    boxes: np.ndarray
+    labels: np.ndarray
+
+
+def scan_split(
+    root: str | Path,
+    split: str,
+    num_classes: int,
+    channels: int = 1,
+    strict: bool = True,
+    report: SkipReport | None = None,
+    verify_images: bool = True,
+) -> list[DetectionSample]:
+    """Read one split's images and labels, validating both."""
+    split_dir = Path(root) / split
+    images_dir, labels_dir = split_dir / "images", split_dir / "labels"
+    if not split_dir.is_dir():
+        raise FormatError(split_dir, f"split folder '{split}' is missing (expected {split}/images)")
+    if not images_dir.is_dir():
+        raise FormatError(images_dir, "images folder is missing")
+    images = list_images(images_dir)
+    if not images:
+        raise FormatError(images_dir, f"split '{split}' is empty: no images found")
+    if labels_dir.is_dir():
+        stems = {p.stem for p in images}
+        for orphan in sorted(labels_dir.glob("*.txt")):
+            if orphan.stem not in stems:
+                handle(FormatError(orphan, "label file has no matching image"), strict, report)
+    else:
+        log.warning("%s: no labels folder; every image of '%s' is defect-free", split_dir, split)
+
+    samples = []
+    for image_path in images:
+        try:
+            boxes = read_yolo_labels(
+                labels_dir / f"{image_path.stem}.txt", num_classes, strict, report
+            )
+            if verify_images or boxes:
+                height, width = read_image(image_path, channels).shape[:2]
+        except FormatError as error:
+            handle(error, strict, report)
+            continue
+        xyxy = np.array([b.to_xyxy(width, height) for b in boxes], dtype=np.float32).reshape(-1, 4)
+        labels = np.array([b.class_id for b in boxes], dtype=np.int64)
+        samples.append(DetectionSample(image_path, xyxy, labels))
+    if not samples:
+        raise FormatError(
+            images_dir, f"split '{split}' has no usable image after skipping bad ones"
+        )
+    return samples
+
+
+class DetectionDataset(Dataset):
+    """Yields `(image [C,H,W] float in 0..1, target)` with torchvision detection targets.
+
+    Target labels are 1-based because class 0 is the detector's background.
+    """
+
+    def __init__(self, samples: Sequence[DetectionSample], channels: int, transform: Any = None):
+        self.samples = list(samples)
+        self.channels = channels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sample = self.samples[index]
+        image = read_image(sample.image, self.channels)
+        boxes, labels = sample.boxes, sample.labels
+        if self.transform is not None:
+            out = self.transform(image=image, bboxes=boxes, labels=labels)
+            image = out["image"]
+            boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+            labels = np.asarray(out["labels"], dtype=np.int64)
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)
+        tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+        target = {
+            "boxes": torch.from_numpy(boxes).float(),
+            "labels": torch.from_numpy(labels).long() + 1,
+            "image_id": torch.tensor(index),
+        }
+        return tensor, target
+
+
+def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Detection images differ in size and box count: keep them as lists."""
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """YOLO-layout detection data for any detection task; what differs lives in config."""
+
+    def __init__(
+        self,
+        root: str,
+        class_names: list[str],
+        batch_size: int = 4,
+        num_workers: int = 0,
+        channels: int = 1,
+        augment: list[Any] | None = None,
+        strict: bool = True,
+        verify_images: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.root = Path(root)
+        self.class_names = list(class_names)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.channels = channels
+        self.augment = augment
+        self.strict = strict
+        self.verify_images = verify_images
+        self.seed = seed
+        self.report = SkipReport()
+        self.datasets: dict[str, DetectionDataset] = {}
+
+    def _check_class_names(self) -> None:
+        names_file = self.root / "data.yaml"
+        if names_file.exists():
+            names = read_class_names(names_file)
+            if names != self.class_names:
+                raise FormatError(
+                    names_file,
+                    f"names {names} differ from the configured class_names {self.class_names}",
+                )
+
+    def _load(self, split: str) -> DetectionDataset:
+        if split not in self.datasets:
+            if not self.root.is_dir():
+                raise FormatError(
+                    self.root, "dataset folder does not exist (run the prepare stage?)"
+                )
+            self._check_class_names()
+            before = self.report.count
+            samples = scan_split(
+                self.root,
+                split,
+                len(self.class_names),
+                self.channels,
+                self.strict,
+                self.report,
+                self.verify_images,
+            )
+            if self.report.count > before:
+                log.warning("%s/%s: %s", self.root, split, self.report.summary())
+            augment = self.augment if split == "train" else None
+            transform = build_transform(augment, bbox=True, seed=self.seed) if augment else None
+            self.datasets[split] = DetectionDataset(samples, self.channels, transform)
+        return self.datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "valid"), "validate": ("valid",), "test": ("test",)}
+        for split in wanted.get(stage or "fit", ("train", "valid")):
+            self._load(split)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self._load(split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_detection,
+            generator=generator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,26 @@
+"""Albumentations pipelines built from config, so augmentation is chosen without code changes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import albumentations as A
+from hydra.utils import instantiate
+
+
+def build_transform(steps: Sequence[Any] | None, bbox: bool, seed: int | None = None) -> A.Compose:
+    """Compose `steps` (transforms or `_target_` dicts); with `bbox`, boxes follow the pixels.
+
+    Boxes are pascal_voc pixels with labels in a separate field, and a box cut to less than
+    30 % of its area by a crop is dropped rather than kept as a sliver.
+    """
+    transforms = [
+        step if isinstance(step, A.BasicTransform) else instantiate(step) for step in steps or []
+    ]
+    bbox_params = (
+        A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=0.3)
+        if bbox
+        else None
+    )
+    return A.Compose(transforms, bbox_params=bbox_params, seed=seed)

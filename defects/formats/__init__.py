@@ -1,0 +1,34 @@
+"""Annotation file formats (YOLO, Pascal VOC): strict readers, atomic writers, dataset import.
+
+Pure Python (numpy/Pillow/PyYAML, no torch) so data tooling stays light and testable.
+"""
+
+from defects.formats.errors import FormatError, SkipReport, handle
+from defects.formats.io import atomic_directory, atomic_write_text
+from defects.formats.voc import VocAnnotation, VocObject, convert_voc_dataset, read_voc
+from defects.formats.yolo import (
+    YoloBox,
+    parse_yolo_line,
+    read_class_names,
+    read_yolo_labels,
+    write_class_names,
+    write_yolo_labels,
+)
+
+__all__ = [
+    "FormatError",
+    "SkipReport",
+    "handle",
+    "atomic_directory",
+    "atomic_write_text",
+    "VocAnnotation",
+    "VocObject",
+    "convert_voc_dataset",
+    "read_voc",
+    "YoloBox",
+    "parse_yolo_line",
+    "read_class_names",
+    "read_yolo_labels",
+    "write_class_names",
+    "write_yolo_labels",
+]

@@ -1,0 +1,74 @@
+"""Errors and skip bookkeeping shared by the annotation readers.
+
+Bad annotations are common in real defect datasets; every problem must point at the exact file
+and line so it can be fixed, and a lenient reader must count what it dropped instead of hiding it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+logger = logging.getLogger("defects")
+
+__all__ = ["FormatError", "SkipReport", "handle"]
+
+
+class FormatError(ValueError):
+    """Bad input: message names the file and, when known, the line."""
+
+    def __init__(self, path: str | os.PathLike[str], message: str, line: int | None = None):
+        self.path = os.fspath(path)
+        self.line = line
+        self.reason = message
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        if self.line is None:
+            return f"{self.path}: {self.reason}"
+        return f"{self.path}:{self.line}: {self.reason}"
+
+    def __str__(self) -> str:
+        return self._render()
+
+    def __reduce__(self) -> tuple[type[FormatError], tuple[str, str, int | None]]:
+        # Default exception pickling replays self.args, which holds the rendered text only;
+        # keep the structured fields so errors survive multiprocessing data loaders.
+        return (type(self), (self.path, self.reason, self.line))
+
+
+@dataclass
+class SkipReport:
+    """Counts what a non-strict reader skipped so the user sees it instead of losing it silently."""
+
+    items: list[FormatError] = field(default_factory=list)
+
+    def add(self, error: FormatError) -> None:
+        """Record a skipped item and warn right away, so long runs show problems as they happen."""
+        self.items.append(error)
+        logger.warning("skipped: %s", error)
+
+    @property
+    def count(self) -> int:
+        """Number of skipped items (lines, objects, images or files, whatever the reader drops)."""
+        return len(self.items)
+
+    def summary(self, limit: int = 10) -> str:
+        """Human-readable digest; capped at `limit` entries so huge reports stay readable."""
+        lines = [f"{self.count} items skipped" + (":" if self.items else "")]
+        lines.extend(f"  {err}" for err in self.items[: max(limit, 0)])
+        hidden = self.count - min(self.count, max(limit, 0))
+        if hidden:
+            lines.append(f"  ... and {hidden} more")
+        return "\n".join(lines)
+
+
+def handle(error: FormatError, strict: bool, report: SkipReport | None) -> None:
+    """Raise `error` if strict, else record it in `report` (or just warn when there is none)."""
+    if strict:
+        raise error
+    if report is not None:
+        report.add(error)
+    else:
+        logger.warning("skipped: %s", error)

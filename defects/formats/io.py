@@ -1,0 +1,85 @@
+"""Atomic writers: an interrupted export must never leave a half-written label file or dataset."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_write_text", "atomic_directory"]
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    """Hidden, unique name next to `path`: same filesystem, so os.replace/rename is atomic."""
+    return path.with_name(f".{path.name}.{tag}-{secrets.token_hex(4)}")
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 `text` to a temp file in the same directory, fsync, then os.replace it in.
+
+    Readers see either the old file or the complete new one. Parent directories are created.
+    Newlines are written as given (no platform translation) so label files are byte-stable.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(target, "tmp")
+    # os.open with 0o666 lets the umask decide permissions, like a plain open() would
+    # (tempfile.mkstemp would force 0o600 on the final file).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, symlink or directory tree."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Build a directory under a temp sibling name and swap it into `path` only on success.
+
+    On success an existing `path` is replaced (it is renamed aside, the new tree renamed in,
+    then the old one deleted). If the body raises, the temp tree is removed and any old `path`
+    is left untouched. `path` must not be an existing regular file.
+    """
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{target}: exists and is not a directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(target, "tmp")
+    os.mkdir(tmp, 0o777)  # umask applies, unlike tempfile.mkdtemp's forced 0o700
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    old: Path | None = None
+    if target.exists() or target.is_symlink():
+        old = _sibling(target, "old")
+        os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old, target)  # put the previous version back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        _remove(old)

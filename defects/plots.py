@@ -1,0 +1,105 @@
+"""Figures logged as artifacts: boxes on images, PR curves. Agg backend, default font only."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+COLORS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#bf5af2", "#ff9f0a", "#64d2ff", "#ff375f")
+
+
+def draw_boxes(
+    ax: Axes,
+    boxes: np.ndarray,
+    class_ids: Sequence[int],
+    names: Sequence[str],
+    scores: Sequence[float] | None = None,
+    dashed: bool = False,
+) -> None:
+    """Boxes (x1, y1, x2, y2 pixels) coloured by class; dashed for ground truth, with scores."""
+    for i, (box, class_id) in enumerate(zip(boxes, class_ids, strict=True)):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        color = COLORS[int(class_id) % len(COLORS)]
+        ax.add_patch(
+            Rectangle(
+                (x1, y1),
+                x2 - x1,
+                y2 - y1,
+                fill=False,
+                edgecolor=color,
+                lw=1.2,
+                linestyle="--" if dashed else "-",
+            )
+        )
+        name = names[class_id] if 0 <= class_id < len(names) else str(class_id)
+        text = name if scores is None else f"{name} {scores[i]:.2f}"
+        ax.text(
+            x1,
+            max(y1 - 2, 0),
+            text,
+            color="black",
+            fontsize=6,
+            va="bottom",
+            bbox={"facecolor": color, "edgecolor": "none", "pad": 0.8, "alpha": 0.85},
+        )
+
+
+def image_grid(count: int, aspect: float, cell_width: float = 4.0) -> tuple[Figure, list[Axes]]:
+    """A figure with `count` tick-free image cells, four per row."""
+    cols = max(1, min(4, count))
+    rows = math.ceil(count / cols)
+    fig = Figure(figsize=(cols * cell_width, rows * (cell_width * aspect + 0.35)), dpi=100)
+    axes = [fig.add_subplot(rows, cols, k + 1) for k in range(count)]
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig, axes
+
+
+def save_figure(fig: Figure, out_png: str | Path) -> Path:
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout(pad=0.4)
+    fig.savefig(out_png, format="png")
+    return out_png
+
+
+def plot_predictions(
+    images: Sequence[np.ndarray],
+    truths: Sequence[dict],
+    preds: Sequence[dict],
+    names: Sequence[str],
+    out_png: str | Path,
+) -> Path:
+    """Truth dashed, predictions solid with scores; dicts hold boxes, class_ids (+ scores)."""
+    fig, axes = image_grid(len(images), images[0].shape[0] / images[0].shape[1])
+    for ax, image, truth, pred in zip(axes, images, truths, preds, strict=True):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        draw_boxes(ax, truth["boxes"], truth["class_ids"], names, dashed=True)
+        draw_boxes(ax, pred["boxes"], pred["class_ids"], names, pred["scores"])
+        ax.set_title(
+            f"{len(truth['class_ids'])} true (dashed), {len(pred['class_ids'])} predicted",
+            fontsize=7,
+        )
+    return save_figure(fig, out_png)
+
+
+def plot_pr_curves(
+    rows: Sequence[dict], out_png: str | Path, title: str = "PR curve, IoU 0.5"
+) -> Path:
+    """Rows of {class, recall, precision} (see defects.metrics.detection.pr_curves)."""
+    fig = Figure(figsize=(5, 4), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    for k, name in enumerate(dict.fromkeys(row["class"] for row in rows)):
+        points = [(r["recall"], r["precision"]) for r in rows if r["class"] == name]
+        ax.plot(*zip(*points, strict=True), label=name, color=COLORS[k % len(COLORS)])
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    if rows:
+        ax.legend(fontsize=7, loc="lower left")
+    return save_figure(fig, out_png)

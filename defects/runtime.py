@@ -1,0 +1,68 @@
+"""Pieces the Hydra entry points share: offline env, objects from config, plain-value config."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from defects.tracking import flatten_params
+
+log = logging.getLogger("defects")
+
+
+def offline_environment() -> None:
+    """Hubs stay untouched unless the user opts in (air-gapped factories, reproducible CI)."""
+    for name, value in (
+        ("HF_HUB_OFFLINE", "1"),
+        ("YOLO_OFFLINE", "1"),
+        ("YOLO_AUTOINSTALL", "false"),
+    ):
+        os.environ.setdefault(name, value)
+    # faster_coco_eval prints its whole COCO table at INFO on every validation.
+    logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
+
+
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def has_target(node: Any) -> bool:
+    return isinstance(node, (dict, DictConfig)) and "_target_" in node
+
+
+def make_logger(cfg: DictConfig, run_name: str | None = None) -> Any:
+    """The configured experiment logger, or None for `logger=none`."""
+    if not has_target(cfg.get("logger")):
+        return None
+    return instantiate(cfg.logger, run_name=run_name or cfg.logger.get("run_name"))
+
+
+def make_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if has_target(node)]
+
+
+def log_config(logger: Any, cfg: DictConfig) -> None:
+    """Every resolved knob as a flat, plain-value MLflow param."""
+    if logger is not None:
+        logger.log_hyperparams(flatten_params(plain(cfg)))
+
+
+@contextmanager
+def restore_tracking_env() -> Iterator[None]:
+    """Lightning's MLFlowLogger exports MLFLOW_TRACKING_URI process-wide; undo it afterwards
+    so a later run in the same process (notebook, multirun) gets its own configured store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before

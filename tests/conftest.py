@@ -1,0 +1,65 @@
+"""Shared fixtures: offline environment, a tiny synthetic weld dataset, composed configs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+for _name, _value in (
+    ("HF_HUB_OFFLINE", "1"),
+    ("YOLO_OFFLINE", "1"),
+    ("YOLO_AUTOINSTALL", "false"),
+    ("MPLBACKEND", "Agg"),
+):
+    os.environ[_name] = _value
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from defects.data.synthetic import generate_weld_dataset  # noqa: E402
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "defects" / "configs"
+TINY_WELD = dict(n_train=8, n_valid=4, n_test=4, width=160, height=128, seed=3)
+
+
+@pytest.fixture(scope="session")
+def weld_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny weld dataset in the native YOLO layout (read-only: copy it before changing it)."""
+    root = tmp_path_factory.mktemp("weld") / "data"
+    generate_weld_dataset(root, **TINY_WELD)
+    return root
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+    """The config that `python -m defects.train ARGS` would see, without running Hydra's app."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+@pytest.fixture
+def weld_cfg(weld_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose a weld config pointed at the tiny dataset, with every output under tmp_path."""
+
+    def make(*overrides: str, data_root: Path | None = None) -> DictConfig:
+        return compose_config(
+            [
+                "task=weld",
+                "debug=tiny",
+                "logger=none",
+                "model.net.min_size=128",
+                "model.net.max_size=160",
+                "data.batch_size=2",
+                f"paths.data_dir={data_root or weld_root}",
+                *(
+                    f"paths.{key}={tmp_path / key}"
+                    for key in ("model_dir", "metrics_dir", "plots_dir")
+                ),
+                *overrides,
+            ]
+        )
+
+    return make

@@ -1,0 +1,140 @@
+"""The weld task end to end on tiny data: train, resume, bundle, predictor, evaluate."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import defects
+from defects.bundle import load_bundle
+from defects.data.detection import DetectionDataModule
+from defects.evaluate import evaluate
+from defects.train import train
+
+CLASSES = ["porosity", "crack", "lack_of_fusion", "slag_inclusion"]
+
+
+def test_fast_dev_run_writes_nothing(weld_cfg, tmp_path: Path) -> None:
+    metrics = train(weld_cfg("trainer.fast_dev_run=true"))
+    assert math.isfinite(metrics["train/loss"])
+    assert not (tmp_path / "model_dir" / "bundle.pt").exists()
+
+
+def test_bf16_mixed_precision_step(weld_cfg) -> None:
+    metrics = train(weld_cfg("trainer.fast_dev_run=true", "trainer.precision=bf16-mixed"))
+    assert math.isfinite(metrics["train/loss"])
+
+
+def test_defect_free_images_train(weld_root: Path, weld_cfg, tmp_path: Path) -> None:
+    """Images whose label file is missing or empty are normal training images."""
+    root = tmp_path / "clean"
+    shutil.copytree(weld_root, root)
+    for k, label in enumerate(sorted((root / "train" / "labels").glob("*.txt"))):
+        label.unlink() if k % 2 else label.write_text("")
+    dm = DetectionDataModule(str(root), CLASSES)
+    dm.setup("fit")
+    assert all(len(s.labels) == 0 for s in dm.datasets["train"].samples)
+    metrics = train(weld_cfg("trainer.fast_dev_run=true", data_root=root))
+    assert math.isfinite(metrics["train/loss"])
+
+
+@pytest.fixture(scope="module")
+def trained(weld_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two tiny epochs, then a resumed third: shared by the tests below."""
+    from tests.conftest import compose_config
+
+    out = tmp_path_factory.mktemp("run")
+    base = [
+        "task=weld",
+        "debug=tiny",
+        "logger=none",
+        "model.net.min_size=128",
+        "model.net.max_size=160",
+        "data.batch_size=2",
+        f"paths.data_dir={weld_root}",
+        *(f"paths.{key}={out / key}" for key in ("model_dir", "metrics_dir", "plots_dir")),
+    ]
+    metrics = train(compose_config(base))
+    history_before = json.loads((out / "metrics_dir" / "history.json").read_text())
+    resumed = train(compose_config([*base, "ckpt_path=last", "trainer.max_epochs=3"]))
+    return {
+        "out": out,
+        "base": base,
+        "metrics": metrics,
+        "resumed": resumed,
+        "history_before": history_before,
+    }
+
+
+def test_training_writes_bundle_history_and_plots(trained: dict) -> None:
+    out = trained["out"]
+    assert {"val/mAP", "val/mAP50", "val/mAP50-95"} <= set(trained["metrics"])
+    assert [r["epoch"] for r in trained["history_before"]] == [0, 1]
+    assert all("val/mAP50" in r and "train/loss" in r for r in trained["history_before"])
+    for name in ("val_pr_curve.csv", "val_pr_curve.png", "val_predictions.png"):
+        assert (out / "plots_dir" / name).stat().st_size > 0
+    assert json.loads((out / "metrics_dir" / "train.json").read_text())["mAP50"] >= 0
+    assert (out / "model_dir" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_resume_continues_from_last(trained: dict) -> None:
+    history = json.loads((trained["out"] / "metrics_dir" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [0, 1, 2]
+    assert history[2]["step"] > history[1]["step"]
+
+
+def test_checkpoint_holds_plain_values_only(trained: dict) -> None:
+    ckpt = trained["out"] / "model_dir" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["hyper_parameters"]["class_names"] == CLASSES
+
+
+def test_bundle_predictor_matches_the_model(trained: dict, weld_root: Path) -> None:
+    bundle_path = trained["out"] / "model_dir" / "bundle.pt"
+    bundle = load_bundle(bundle_path)
+    assert bundle["class_names"] == CLASSES and bundle["thresholds"]["score"] == 0.5
+    predictor = defects.load(bundle_path)
+    predictor.score_threshold = 0.0
+    image = sorted((weld_root / "test" / "images").glob("*.png"))[0]
+    detections = predictor.predict(image)
+    assert detections.boxes.shape == (len(detections), 4)
+    assert set(detections.labels) <= set(CLASSES)
+    # One inference path: the predictor's output is the detector's forward on the same pixels.
+    from defects.evaluate import load_detector
+
+    detector, _ = load_detector(bundle_path)
+    detector.eval()
+    tensor = predictor._to_tensor(image)
+    with torch.inference_mode():
+        direct = detector([tensor])[0]
+    np.testing.assert_allclose(detections.scores, direct["scores"].numpy(), rtol=1e-5)
+
+
+def test_load_rejects_a_foreign_file(tmp_path: Path) -> None:
+    from defects.formats.errors import FormatError
+
+    bad = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(2)}, bad)
+    with pytest.raises(FormatError, match="model.pt: not a defects model bundle"):
+        defects.load(bad)
+
+
+@pytest.mark.parametrize("model_file", ["bundle.pt", "checkpoints/last.ckpt"])
+def test_evaluate_writes_metrics_and_plot_data(trained: dict, model_file: str) -> None:
+    from tests.conftest import compose_config
+
+    out = trained["out"]
+    metrics = evaluate(
+        compose_config([*trained["base"], f"ckpt_path={out / 'model_dir' / model_file}"])
+    )
+    assert 0.0 <= metrics["test/mAP50"] <= 1.0
+    report = json.loads((out / "metrics_dir" / "eval.json").read_text())
+    assert set(report) >= {"mAP", "mAP50", "mAP50-95", "AP"}
+    header = (out / "plots_dir" / "test_pr_curve.csv").read_text().splitlines()[0]
+    assert header == "class,recall,precision"
