@@ -40,26 +40,21 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
         return compose(config_name=config_name, overrides=list(overrides))
 
 
+def weld_overrides(data_root: Path, out_dir: Path) -> list[str]:
+    """Overrides for a quick weld run on tiny data with every output under `out_dir`."""
+    return [
+        "task=weld", "debug=tiny", "logger=none",
+        "model.net.min_size=128", "model.net.max_size=160", "data.batch_size=2",
+        f"paths.data_dir={data_root}",
+        *(f"paths.{key}={out_dir / key}" for key in ("model_dir", "metrics_dir", "plots_dir")),
+    ]
+
+
 @pytest.fixture
 def weld_cfg(weld_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
     """Compose a weld config pointed at the tiny dataset, with every output under tmp_path."""
 
     def make(*overrides: str, data_root: Path | None = None) -> DictConfig:
-        return compose_config(
-            [
-                "task=weld",
-                "debug=tiny",
-                "logger=none",
-                "model.net.min_size=128",
-                "model.net.max_size=160",
-                "data.batch_size=2",
-                f"paths.data_dir={data_root or weld_root}",
-                *(
-                    f"paths.{key}={tmp_path / key}"
-                    for key in ("model_dir", "metrics_dir", "plots_dir")
-                ),
-                *overrides,
-            ]
-        )
+        return compose_config([*weld_overrides(data_root or weld_root, tmp_path), *overrides])
 
     return make

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +19,7 @@ import pytest
 from configobj import ConfigObj
 
 from defects.data.synthetic import generate_weld_dataset
+from tests.servers import free_port, stop_process_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMITTED_DVC_CONFIG = REPO_ROOT / ".dvc" / "config"
@@ -40,20 +38,6 @@ LOCAL_ONLY_KEYS = (
     "configpath",
     "profile",
 )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop_process_group(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=STOP_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +73,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 time.sleep(0.2)
         yield url
     finally:
-        stop_process_group(proc)
+        stop_process_group(proc, STOP_TIMEOUT_S)
 
 
 @pytest.fixture

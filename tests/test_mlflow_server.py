@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,24 +20,10 @@ from omegaconf import DictConfig
 from defects.runtime import plain
 from defects.tracking import DEFAULT_TRACKING_URI, flatten_params, resolve_tracking_uri
 from defects.train import train
+from tests.servers import free_port, stop_process_group
 
 STARTUP_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop_process_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group, wait, then SIGKILL whatever is left of it."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=STOP_TIMEOUT_S)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
@@ -98,7 +81,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
         wait_healthy(url, proc, log_path, STARTUP_TIMEOUT_S)
         yield url, artifacts
     finally:
-        stop_process_group(proc)
+        stop_process_group(proc, STOP_TIMEOUT_S)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -217,11 +216,3 @@ def test_save_preview_writes_png(dataset: tuple[Path, dict], tmp_path: Path) -> 
     # Asking for more images than exist just shows them all.
     save_preview(root, tmp_path / "valid.png", n=50, split="valid")
     assert (tmp_path / "valid.png").stat().st_size > 0
-
-
-@pytest.mark.slow
-def test_default_size_is_fast(tmp_path: Path) -> None:
-    start = time.perf_counter()
-    summary = generate_weld_dataset(tmp_path / "ds")
-    assert time.perf_counter() - start < 10.0
-    assert sum(summary["images"].values()) == 360

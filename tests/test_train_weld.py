@@ -16,6 +16,7 @@ from defects.bundle import load_bundle
 from defects.data.detection import DetectionDataModule
 from defects.evaluate import evaluate
 from defects.train import train
+from tests.conftest import compose_config, weld_overrides
 
 CLASSES = ["porosity", "crack", "lack_of_fusion", "slag_inclusion"]
 
@@ -47,19 +48,8 @@ def test_defect_free_images_train(weld_root: Path, weld_cfg, tmp_path: Path) -> 
 @pytest.fixture(scope="module")
 def trained(weld_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Two tiny epochs, then a resumed third: shared by the tests below."""
-    from tests.conftest import compose_config
-
     out = tmp_path_factory.mktemp("run")
-    base = [
-        "task=weld",
-        "debug=tiny",
-        "logger=none",
-        "model.net.min_size=128",
-        "model.net.max_size=160",
-        "data.batch_size=2",
-        f"paths.data_dir={weld_root}",
-        *(f"paths.{key}={out / key}" for key in ("model_dir", "metrics_dir", "plots_dir")),
-    ]
+    base = weld_overrides(weld_root, out)
     metrics = train(compose_config(base))
     history_before = json.loads((out / "metrics_dir" / "history.json").read_text())
     resumed = train(compose_config([*base, "ckpt_path=last", "trainer.max_epochs=3"]))
@@ -127,8 +117,6 @@ def test_load_rejects_a_foreign_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("model_file", ["bundle.pt", "checkpoints/last.ckpt"])
 def test_evaluate_writes_metrics_and_plot_data(trained: dict, model_file: str) -> None:
-    from tests.conftest import compose_config
-
     out = trained["out"]
     metrics = evaluate(
         compose_config([*trained["base"], f"ckpt_path={out / 'model_dir' / model_file}"])

@@ -10,9 +10,15 @@ from torchmetrics.detection import MeanAveragePrecision
 
 
 def make_map_metric(extended: bool = False) -> MeanAveragePrecision:
-    """COCO-style box mAP with per-class AP; `extended` keeps the precision array for PR curves."""
+    """COCO-style box mAP with per-class AP; `extended` keeps the precision array for PR curves.
+
+    Thresholds are COCO's float64 ones: torchmetrics' default float32 linspace turns 0.55
+    into 0.550000011920929, which shifts mAP by up to ~2e-3 against pycocotools.
+    """
     return MeanAveragePrecision(
         box_format="xyxy",
+        iou_thresholds=np.linspace(0.5, 0.95, 10).tolist(),
+        rec_thresholds=np.linspace(0.0, 1.0, 101).tolist(),
         iou_type="bbox",
         class_metrics=True,
         backend="faster_coco_eval",
