@@ -1,8 +1,8 @@
 """Data and model tools on the command line: `python -m defects COMMAND --help`.
 
-    python -m defects import_voc NEU/images NEU/annotations data/neu_det --seed 0
-    python -m defects preview data/weld plots/weld/data_samples.png
-    python -m defects predict --model models/weld/bundle.pt --input data/weld/test/images
+python -m defects import_voc NEU/images NEU/annotations data/neu_det --seed 0
+python -m defects preview data/weld plots/weld/data_samples.png
+python -m defects predict --model models/weld/bundle.pt --input data/weld/test/images
 """
 
 from __future__ import annotations

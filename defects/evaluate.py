@@ -20,7 +20,13 @@ from defects.evaluation import evaluate_detector, write_report
 from defects.models.detection import DetectionModule
 from defects.models.detector import Detector
 from defects.predict import build_model
-from defects.runtime import log_config, make_logger, offline_environment, restore_tracking_env
+from defects.runtime import (
+    log_config,
+    make_logger,
+    offline_environment,
+    restore_tracking_env,
+    run_entry,
+)
 
 log = logging.getLogger("defects")
 
@@ -74,7 +80,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    run_entry(evaluate, cfg)
 
 
 if __name__ == "__main__":

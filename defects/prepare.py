@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from defects.config import validate_config
 from defects.data.synthetic import save_preview
 from defects.formats.errors import FormatError
-from defects.runtime import has_target, offline_environment
+from defects.runtime import has_target, offline_environment, run_entry
 
 log = logging.getLogger("defects")
 
@@ -40,7 +40,7 @@ def prepare(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
-    prepare(cfg)
+    run_entry(prepare, cfg)
 
 
 if __name__ == "__main__":

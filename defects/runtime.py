@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from defects.config import ConfigError
+from defects.formats.errors import FormatError
 from defects.tracking import flatten_params
+
+T = TypeVar("T")
 
 log = logging.getLogger("defects")
 
@@ -66,3 +70,11 @@ def restore_tracking_env() -> Iterator[None]:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def run_entry(function: Callable[[DictConfig], T], cfg: DictConfig) -> T:
+    """Run an entry point; bad input ends it with one line naming the key or file, no traceback."""
+    try:
+        return function(cfg)
+    except (ConfigError, FormatError, FileNotFoundError) as exc:
+        raise SystemExit(f"defects: {exc}") from None

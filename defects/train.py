@@ -26,6 +26,7 @@ from defects.runtime import (
     make_logger,
     offline_environment,
     restore_tracking_env,
+    run_entry,
 )
 from defects.tracking import log_artifact
 
@@ -107,7 +108,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float:
-    metrics = train(cfg)
+    metrics = run_entry(train, cfg)
     return float(metrics.get(cfg.model.monitor, 0.0))
 
 

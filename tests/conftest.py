@@ -43,8 +43,12 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
 def weld_overrides(data_root: Path, out_dir: Path) -> list[str]:
     """Overrides for a quick weld run on tiny data with every output under `out_dir`."""
     return [
-        "task=weld", "debug=tiny", "logger=none",
-        "model.net.min_size=128", "model.net.max_size=160", "data.batch_size=2",
+        "task=weld",
+        "debug=tiny",
+        "logger=none",
+        "model.net.min_size=128",
+        "model.net.max_size=160",
+        "data.batch_size=2",
         f"paths.data_dir={data_root}",
         *(f"paths.{key}={out_dir / key}" for key in ("model_dir", "metrics_dir", "plots_dir")),
     ]

@@ -31,9 +31,11 @@ def _mismatches(diffs: dict[str, float]) -> dict[str, float]:
 
 def _metric_uses_coco_thresholds() -> bool:
     metric = make_map_metric()
-    return np.array_equal(np.array(metric.iou_thresholds, dtype=np.float64),
-                          np.linspace(0.5, 0.95, 10)) and np.array_equal(
-        np.array(metric.rec_thresholds, dtype=np.float64), np.linspace(0.0, 1.0, 101))
+    return np.array_equal(
+        np.array(metric.iou_thresholds, dtype=np.float64), np.linspace(0.5, 0.95, 10)
+    ) and np.array_equal(
+        np.array(metric.rec_thresholds, dtype=np.float64), np.linspace(0.0, 1.0, 101)
+    )
 
 
 def test_synthetic_predictions_are_deterministic_and_realistic() -> None:
@@ -77,14 +79,19 @@ def test_edge_cases_match() -> None:
     empty = torch.zeros((0, 4))
     no_label = torch.zeros(0, dtype=torch.int64)
     targets = [
-        {"boxes": torch.tensor([[10.0, 10.0, 50.0, 40.0], [60.0, 5.0, 200.0, 120.0]]),
-         "labels": torch.tensor([1, 2])},
+        {
+            "boxes": torch.tensor([[10.0, 10.0, 50.0, 40.0], [60.0, 5.0, 200.0, 120.0]]),
+            "labels": torch.tensor([1, 2]),
+        },
         {"boxes": empty, "labels": no_label},
         {"boxes": torch.tensor([[5.0, 5.0, 20.0, 20.0]]), "labels": torch.tensor([1])},
     ]
     preds = [
-        {"boxes": torch.tensor([[12.0, 11.0, 49.0, 42.0], [0.0, 0.0, 30.0, 30.0]]),
-         "scores": torch.tensor([0.9, 0.4]), "labels": torch.tensor([1, 3])},
+        {
+            "boxes": torch.tensor([[12.0, 11.0, 49.0, 42.0], [0.0, 0.0, 30.0, 30.0]]),
+            "scores": torch.tensor([0.9, 0.4]),
+            "labels": torch.tensor([1, 3]),
+        },
         {"boxes": empty, "scores": torch.zeros(0), "labels": no_label},
         {"boxes": empty, "scores": torch.zeros(0), "labels": no_label},
     ]

@@ -30,8 +30,18 @@ from torchvision.ops import box_convert
 
 # COCOeval.stats, in order, under torchmetrics' key names (maxDets 1, 10, 100).
 STAT_KEYS = (
-    "map", "map_50", "map_75", "map_small", "map_medium", "map_large",
-    "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large",
+    "map",
+    "map_50",
+    "map_75",
+    "map_small",
+    "map_medium",
+    "map_large",
+    "mar_1",
+    "mar_10",
+    "mar_100",
+    "mar_small",
+    "mar_medium",
+    "mar_large",
 )
 MAX_DETS = [1, 10, 100]
 
@@ -65,23 +75,34 @@ def to_coco(
     for image_id, (pred, target) in enumerate(zip(preds, targets, strict=True)):
         images.append({"id": image_id})
         for box, label in zip(_xywh_rows(target["boxes"]), target["labels"].tolist(), strict=True):
-            annotations.append({
-                "id": len(annotations) + 1,  # COCO ids start at 1
-                "image_id": image_id,
-                "category_id": int(label),
-                "bbox": box,
-                "area": box[2] * box[3],
-                "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,  # COCO ids start at 1
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "iscrowd": 0,
+                }
+            )
         for box, label, score in zip(
             _xywh_rows(pred["boxes"]), pred["labels"].tolist(), pred["scores"].tolist(), strict=True
         ):
-            detections.append({
-                "image_id": image_id, "category_id": int(label), "bbox": box, "score": float(score),
-            })
+            detections.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "bbox": box,
+                    "score": float(score),
+                }
+            )
     categories = [{"id": c, "name": str(c)} for c in coco_classes(preds, targets)]
-    gt = {"info": {"description": "defects.metrics.coco_reference"}, "images": images,
-          "annotations": annotations, "categories": categories}
+    gt = {
+        "info": {"description": "defects.metrics.coco_reference"},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
     return gt, detections
 
 
@@ -113,8 +134,12 @@ def pycocotools_map(
     classes = [c["id"] for c in gt_dict["categories"]]
     if not gt_dict["images"] or not detections:
         # Nothing to match (pycocotools' loadRes rejects an empty list): COCO's "no value".
-        return {**dict.fromkeys(STAT_KEYS, -1.0), "classes": classes,
-                "map_per_class": [-1.0] * len(classes), "mar_100_per_class": [-1.0] * len(classes)}
+        return {
+            **dict.fromkeys(STAT_KEYS, -1.0),
+            "classes": classes,
+            "map_per_class": [-1.0] * len(classes),
+            "mar_100_per_class": [-1.0] * len(classes),
+        }
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = gt_dict
@@ -223,13 +248,17 @@ def synthetic_predictions(
         boxes.extend(jitter(box, 0.0) for box in random_box(n_fp))
         labels.extend(int(v) for v in rng.integers(1, num_classes + 1, n_fp))
         scores.extend(rng.beta(2, 5, n_fp))
-        targets.append({
-            "boxes": torch.tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.tensor(gt_labels, dtype=torch.int64),
-        })
-        preds.append({
-            "boxes": torch.tensor(np.array(boxes), dtype=torch.float32).reshape(-1, 4),
-            "scores": torch.tensor(np.array(scores), dtype=torch.float32).reshape(-1),
-            "labels": torch.tensor(labels, dtype=torch.int64),
-        })
+        targets.append(
+            {
+                "boxes": torch.tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.tensor(gt_labels, dtype=torch.int64),
+            }
+        )
+        preds.append(
+            {
+                "boxes": torch.tensor(np.array(boxes), dtype=torch.float32).reshape(-1, 4),
+                "scores": torch.tensor(np.array(scores), dtype=torch.float32).reshape(-1),
+                "labels": torch.tensor(labels, dtype=torch.int64),
+            }
+        )
     return preds, targets

@@ -1,0 +1,69 @@
+"""The detection DataModule: channels, targets, augmentation config and determinism."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from defects.data.detection import DetectionDataModule
+
+CLASSES = ["porosity", "crack", "lack_of_fusion", "slag_inclusion"]
+AUGMENT = [
+    {"_target_": "albumentations.HorizontalFlip", "p": 0.5},
+    {"_target_": "albumentations.RandomBrightnessContrast", "p": 0.5},
+]
+
+
+def first_batch(root: Path, **kwargs) -> tuple[list[torch.Tensor], list[dict]]:
+    dm = DetectionDataModule(str(root), CLASSES, batch_size=4, **kwargs)
+    dm.setup("fit")
+    return next(iter(dm.train_dataloader()))
+
+
+def test_grayscale_targets_are_detection_targets(weld_root: Path) -> None:
+    images, targets = first_batch(weld_root, augment=None, seed=0)
+    assert all(img.shape[0] == 1 and img.dtype == torch.float32 for img in images)
+    assert all(float(img.min()) >= 0.0 and float(img.max()) <= 1.0 for img in images)
+    for image, target in zip(images, targets, strict=True):
+        boxes = target["boxes"]
+        assert boxes.shape[1] == 4 and len(boxes) == len(target["labels"])
+        assert bool((target["labels"] >= 1).all() and (target["labels"] <= len(CLASSES)).all())
+        assert bool((boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 2] <= image.shape[2]).all())
+
+
+def test_rgb_images_give_three_channels(weld_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "rgb"
+    shutil.copytree(weld_root, root)
+    for path in (root / "train" / "images").glob("*.png"):
+        Image.open(path).convert("RGB").save(path)
+    images, _ = first_batch(root, channels=3, augment=None, seed=0)
+    assert all(img.shape[0] == 3 for img in images)
+    grey, _ = first_batch(root, channels=1, augment=None, seed=0)
+    assert grey[0].shape[1:] == images[0].shape[1:]
+
+
+def test_augmentation_is_deterministic_with_a_seed(weld_root: Path) -> None:
+    a_images, a_targets = first_batch(weld_root, augment=AUGMENT, seed=7)
+    b_images, b_targets = first_batch(weld_root, augment=AUGMENT, seed=7)
+    for a, b in zip(a_images, b_images, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(a_targets, b_targets, strict=True):
+        assert torch.equal(a["boxes"], b["boxes"])
+
+
+def test_flip_moves_boxes_with_pixels(weld_root: Path) -> None:
+    flip = [{"_target_": "albumentations.HorizontalFlip", "p": 1.0}]
+    plain_images, plain_targets = first_batch(weld_root, augment=None, seed=0)
+    flip_images, flip_targets = first_batch(weld_root, augment=flip, seed=0)
+    width = plain_images[0].shape[2]
+    for plain, flipped in zip(plain_images, flip_images, strict=True):
+        assert torch.equal(plain.flip(-1), flipped)
+    for plain, flipped in zip(plain_targets, flip_targets, strict=True):
+        expected = plain["boxes"][:, [2, 1, 0, 3]] * torch.tensor([-1, 1, -1, 1]) + torch.tensor(
+            [width, 0, width, 0]
+        )
+        np.testing.assert_allclose(flipped["boxes"].numpy(), expected.numpy(), atol=1e-3)
