@@ -46,6 +46,9 @@ def load_detector(path: Path) -> tuple[Detector, list[str]]:
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     offline_environment()
     validate_config(cfg)
+    split = cfg.split
+    if split not in ("test", "valid"):
+        raise ConfigError(f"split: '{split}' is not one of test, valid")
     if not cfg.get("ckpt_path"):
         raise ConfigError("ckpt_path: evaluate needs a model bundle or .ckpt (ckpt_path=...)")
     path = Path(cfg.ckpt_path)
@@ -56,10 +59,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(
             f"ckpt_path: {path} was trained for {class_names}, config says {list(cfg.class_names)}"
         )
-    split = cfg.get("split", "test")
     datamodule = instantiate(cfg.data, _convert_="all")
-    loaders = {"test": datamodule.test_dataloader, "valid": datamodule.val_dataloader}
-    report = evaluate_detector(detector, loaders[split](), class_names, split)
+    loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+    report = evaluate_detector(detector, loader, class_names, split)
     outputs = write_report(
         report,
         class_names,
