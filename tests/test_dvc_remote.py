@@ -8,9 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,14 +16,13 @@ import pytest
 from configobj import ConfigObj
 
 from defects.data.synthetic import generate_weld_dataset
-from tests.servers import free_port, stop_process_group
+from tests.servers import free_port, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMITTED_DVC_CONFIG = REPO_ROOT / ".dvc" / "config"
 REMOTE = "storage"
 FAKE_KEY = "testing"
 STARTUP_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
 DVC_TIMEOUT_S = 120.0
 # Config keys that must only ever live in `.dvc/config.local` or the environment.
 LOCAL_ONLY_KEYS = (
@@ -46,34 +42,9 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("moto")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = root / "moto.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            cwd=root,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"moto_server exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
-                    break
-            except (urllib.error.URLError, OSError):
-                if time.monotonic() > deadline:
-                    pytest.fail(
-                        f"moto_server not up after {STARTUP_TIMEOUT_S:.0f}s:\n"
-                        f"{log_path.read_text()}"
-                    )
-                time.sleep(0.2)
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with running_server(command, f"{url}/moto-api/", root, STARTUP_TIMEOUT_S):
         yield url
-    finally:
-        stop_process_group(proc, STOP_TIMEOUT_S)
 
 
 @pytest.fixture

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,25 +16,9 @@ from omegaconf import DictConfig
 from defects.runtime import plain
 from defects.tracking import DEFAULT_TRACKING_URI, flatten_params, resolve_tracking_uri
 from defects.train import train
-from tests.servers import free_port, stop_process_group
+from tests.servers import free_port, running_server
 
 STARTUP_TIMEOUT_S = 90.0
-STOP_TIMEOUT_S = 20.0
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow server not healthy after {timeout:.0f}s:\n{log_path.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -51,37 +31,24 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     # No huey job runner (a handful of extra processes and a /dev/shm queue) and no telemetry.
     env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
-    log_path = root / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                f"sqlite:///{root / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(artifacts),
-            ],
-            cwd=root,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-        wait_healthy(url, proc, log_path, STARTUP_TIMEOUT_S)
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(artifacts),
+    ]
+    with running_server(command, f"{url}/health", root, STARTUP_TIMEOUT_S, env):
         yield url, artifacts
-    finally:
-        stop_process_group(proc, STOP_TIMEOUT_S)
 
 
 @pytest.fixture
