@@ -1,10 +1,17 @@
-"""Annotation file formats (YOLO, Pascal VOC): strict readers, atomic writers, dataset import.
+"""Annotation file formats (YOLO, Pascal VOC, Severstal RLE CSV): strict readers, atomic writers, dataset import.
 
 Pure Python (numpy/Pillow/PyYAML, no torch) so data tooling stays light and testable.
 """
 
 from defects.formats.errors import FormatError, SkipReport, handle
 from defects.formats.io import atomic_directory, atomic_write_text
+from defects.formats.severstal import (
+    SeverstalRecord,
+    read_severstal_csv,
+    rle_decode,
+    rle_encode,
+    write_severstal_csv,
+)
 from defects.formats.voc import VocAnnotation, VocObject, convert_voc_dataset, read_voc
 from defects.formats.yolo import (
     YoloBox,
@@ -21,6 +28,11 @@ __all__ = [
     "handle",
     "atomic_directory",
     "atomic_write_text",
+    "SeverstalRecord",
+    "read_severstal_csv",
+    "rle_decode",
+    "rle_encode",
+    "write_severstal_csv",
     "VocAnnotation",
     "VocObject",
     "convert_voc_dataset",
