@@ -1,4 +1,4 @@
-"""Annotation file formats (YOLO, Pascal VOC, Severstal RLE CSV): strict readers, atomic writers, dataset import.
+"""Annotation formats (YOLO, Pascal VOC, Severstal RLE CSV): strict readers, atomic writers.
 
 Pure Python (numpy/Pillow/PyYAML, no torch) so data tooling stays light and testable.
 """
