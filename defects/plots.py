@@ -50,9 +50,11 @@ def draw_boxes(
         )
 
 
-def image_grid(count: int, aspect: float, cell_width: float = 4.0) -> tuple[Figure, list[Axes]]:
-    """A figure with `count` tick-free image cells, four per row."""
-    cols = max(1, min(4, count))
+def image_grid(
+    count: int, aspect: float, cell_width: float = 4.0, columns: int = 4
+) -> tuple[Figure, list[Axes]]:
+    """A figure with `count` tick-free image cells, `columns` per row."""
+    cols = max(1, min(columns, count))
     rows = math.ceil(count / cols)
     fig = Figure(figsize=(cols * cell_width, rows * (cell_width * aspect + 0.35)), dpi=100)
     axes = [fig.add_subplot(rows, cols, k + 1) for k in range(count)]

@@ -13,7 +13,17 @@ import numpy as np
 from defects.data.images import list_images, read_image
 from defects.formats.yolo import read_class_names, read_yolo_labels
 
-__all__ = ["save_preview"]
+__all__ = ["preview_images", "save_preview"]
+
+
+def preview_images(root: Path, split: str, n: int) -> list[Path]:
+    """The first ``n`` images of a split, refusing an empty selection up front."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    images = list_images(root / split / "images")[:n]
+    if not images:
+        raise FileNotFoundError(f"no images under {root / split / 'images'}")
+    return images
 
 
 def save_preview(root: str | Path, out_png: str | Path, n: int = 8, split: str = "train") -> Path:
@@ -21,11 +31,7 @@ def save_preview(root: str | Path, out_png: str | Path, n: int = 8, split: str =
     from defects.plots import draw_boxes, image_grid, save_figure  # matplotlib only when drawing
 
     root = Path(root)
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    images = list_images(root / split / "images")[:n]
-    if not images:
-        raise FileNotFoundError(f"no images under {root / split / 'images'}")
+    images = preview_images(root, split, n)
     data_yaml = root / "data.yaml"
     names = list(read_class_names(data_yaml)) if data_yaml.is_file() else []
     first = read_image(images[0])

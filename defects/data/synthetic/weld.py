@@ -17,6 +17,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from defects.data.synthetic.common import (
+    SHIFT,
+    SPLITS,
+    along,
+    check_split_args,
+    draw_polyline,
+    fixed_point,
+    normalized_weights,
+    plan_split,
+    smooth_1d,
+)
 from defects.formats.io import atomic_directory
 from defects.formats.yolo import YoloBox, write_class_names, write_yolo_labels
 
@@ -28,7 +39,6 @@ __all__ = [
 ]
 
 WELD_CLASSES: tuple[str, ...] = ("porosity", "crack", "lack_of_fusion", "slag_inclusion")
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
 MIN_WIDTH = 128
 MIN_HEIGHT = 96
@@ -56,30 +66,17 @@ class Seam:
 # --------------------------------------------------------------------------- background
 
 
-def _smooth_1d(
-    rng: np.random.Generator, n: int, amplitude: float, periods: Sequence[float]
-) -> np.ndarray:
-    """Sum of random-phase sinusoids: cheap smooth wobble for the bead edges and centre line."""
-    x = np.arange(n, dtype=np.float32)
-    out = np.zeros(n, dtype=np.float32)
-    for period in periods:
-        phase = rng.uniform(0.0, 2.0 * math.pi)
-        amp = rng.uniform(0.4, 1.0) * amplitude
-        out += amp * np.sin(2.0 * math.pi * x / (period * rng.uniform(0.8, 1.25)) + phase)
-    return out
-
-
 def _make_seam(rng: np.random.Generator, width: int, height: int) -> Seam:
     """Horizontal bead with a slightly tilted, wavy centre line and wavy edges."""
     x = np.arange(width, dtype=np.float32)
     cy = height * rng.uniform(0.44, 0.56)
     tilt = rng.uniform(-0.03, 0.03) * height / width
-    center = cy + tilt * (x - width / 2) + _smooth_1d(rng, width, 2.0, (width * 0.9, width * 0.4))
+    center = cy + tilt * (x - width / 2) + smooth_1d(rng, width, 2.0, (width * 0.9, width * 0.4))
     half = height * rng.uniform(0.16, 0.21)
-    top = center - half + _smooth_1d(rng, width, 1.5, (width * 0.5, 61.0))
-    top += _smooth_1d(rng, width, 0.5, (29.0, 17.0))
-    bottom = center + half + _smooth_1d(rng, width, 1.5, (width * 0.5, 67.0))
-    bottom += _smooth_1d(rng, width, 0.5, (31.0, 19.0))
+    top = center - half + smooth_1d(rng, width, 1.5, (width * 0.5, 61.0))
+    top += smooth_1d(rng, width, 0.5, (29.0, 17.0))
+    bottom = center + half + smooth_1d(rng, width, 1.5, (width * 0.5, 67.0))
+    bottom += smooth_1d(rng, width, 0.5, (31.0, 19.0))
     return Seam(center=center, top=top, bottom=bottom)
 
 
@@ -115,9 +112,9 @@ def _weld_background(rng: np.random.Generator, width: int, height: int, seam: Se
     crown = 0.5 + 0.5 * np.sqrt(1.0 - rel * rel)
     # Ripples: chevron solidification lines whose spacing and strength drift along the bead.
     wavelength = rng.uniform(8.0, 13.0)
-    warp = xx + _smooth_1d(rng, width, wavelength * 0.6, (53.0, 97.0))[None, :]
+    warp = xx + smooth_1d(rng, width, wavelength * 0.6, (53.0, 97.0))[None, :]
     phase = (2.0 * math.pi / wavelength) * (warp - rng.uniform(8.0, 18.0) * rel * rel)
-    strength = 1.0 + 0.5 * _smooth_1d(rng, width, 1.0, (70.0, 150.0))[None, :]
+    strength = 1.0 + 0.5 * smooth_1d(rng, width, 1.0, (70.0, 150.0))[None, :]
     ripple = (np.sin(phase) + 0.35 * np.sin(2.0 * phase + 1.0)) * strength
     bead = inside * crown * (rng.uniform(0.24, 0.32) + rng.uniform(0.012, 0.022) * ripple)
     # Faint darker root line at the bead centre, common on single-V butt welds.
@@ -161,15 +158,6 @@ def _bbox_from_mask(mask: np.ndarray, pad: int = 1) -> _Box | None:
     return x1, y1, x2, y2
 
 
-_SHIFT = 4  # cv2 fixed-point bits for sub-pixel drawing
-_SCALE = 1 << _SHIFT
-
-
-def _pts(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Float polyline -> cv2 fixed-point int32 points."""
-    return np.round(np.stack([xs, ys], axis=1) * _SCALE).astype(np.int32).reshape(-1, 1, 2)
-
-
 def _draw_porosity(rng: np.random.Generator, seam: Seam, width: int, height: int) -> np.ndarray:
     """Cluster of 2-8 round gas pores; each darkens like a sphere (deepest in the middle)."""
     mask = np.zeros((height, width), np.float32)
@@ -198,23 +186,6 @@ def _draw_porosity(rng: np.random.Generator, seam: Seam, width: int, height: int
         sphere = np.sqrt(np.clip(q, 0.0, 1.0)).astype(np.float32) * d
         np.maximum(mask[ya:yb, xa:xb], sphere, out=mask[ya:yb, xa:xb])
     return mask * rng.uniform(0.42, 0.55)
-
-
-def _along(rng: np.random.Generator, n: int, lo: float) -> np.ndarray:
-    """Smoothly varying strength in [lo, 1] along a line: real flaws are not uniformly open."""
-    t = np.linspace(0.0, 1.0, n)
-    wave = 0.5 + 0.5 * np.sin(2 * math.pi * (rng.uniform(0.7, 2.2) * t + rng.uniform(0, 1)))
-    return lo + (1.0 - lo) * wave
-
-
-def _draw_polyline(
-    mask: np.ndarray, xs: np.ndarray, ys: np.ndarray, values: np.ndarray, thickness: np.ndarray
-) -> None:
-    """Draw a polyline segment by segment so darkness and width can vary along it."""
-    pts = _pts(xs, ys).reshape(-1, 2)
-    for i in range(len(pts) - 1):
-        p, q = (int(pts[i, 0]), int(pts[i, 1])), (int(pts[i + 1, 0]), int(pts[i + 1, 1]))
-        cv2.line(mask, p, q, float(values[i]), int(thickness[i]), cv2.LINE_AA, _SHIFT)
 
 
 def _draw_crack(rng: np.random.Generator, seam: Seam, width: int, height: int) -> np.ndarray:
@@ -247,9 +218,9 @@ def _draw_crack(rng: np.random.Generator, seam: Seam, width: int, height: int) -
     # Widest and darkest mid-length, tapering to hairline tips.
     t = np.linspace(0.0, 1.0, n)
     taper = np.sin(np.pi * np.clip(t * 1.15 - 0.075, 0.0, 1.0)) ** 0.5
-    values = np.clip(0.6 + 0.4 * taper * _along(rng, n, 0.75), 0.0, 1.0)
+    values = np.clip(0.6 + 0.4 * taper * along(rng, n, 0.75), 0.0, 1.0)
     thickness = np.where(taper > 0.5, int(rng.integers(2, 4)), 1)
-    _draw_polyline(mask, xs, ys, values, thickness)
+    draw_polyline(mask, xs, ys, values, thickness)
     return mask * rng.uniform(0.6, 0.72)
 
 
@@ -270,9 +241,9 @@ def _draw_lack_of_fusion(
     ys = edge + (inward if upper else -inward) + rng.normal(0.0, 0.2, len(xs))
     n = len(xs) - 1
     thickness = np.full(n, int(rng.integers(2, 5)))
-    values = _along(rng, n, 0.65)
+    values = along(rng, n, 0.65)
     values[[0, -1]] *= 0.7  # soft ends
-    _draw_polyline(mask, xs, ys, values, thickness)
+    draw_polyline(mask, xs, ys, values, thickness)
     return mask * rng.uniform(0.45, 0.58)
 
 
@@ -296,8 +267,8 @@ def _draw_slag_inclusion(
     lx = length / 2 * (1.0 + 0.1 * wobble) * np.cos(theta)
     ly = thick / 2 * (1.0 + 0.35 * wobble) * taper * np.sin(theta)
     ca, sa = math.cos(angle), math.sin(angle)
-    outline = _pts(x0 + lx * ca - ly * sa, y0 + lx * sa + ly * ca)
-    cv2.fillPoly(mask, [outline], 1.0, cv2.LINE_AA, _SHIFT)
+    outline = fixed_point(x0 + lx * ca - ly * sa, y0 + lx * sa + ly * ca)
+    cv2.fillPoly(mask, [outline], 1.0, cv2.LINE_AA, SHIFT)
     box = _bbox_from_mask(mask, pad=0)
     if box is not None:  # mottled density only inside the blob's own box (cheap)
         x1, y1, x2, y2 = box
@@ -376,20 +347,6 @@ def _check_size(width: int, height: int) -> None:
         raise ValueError(f"image must be at least {MIN_WIDTH}x{MIN_HEIGHT}, got {width}x{height}")
 
 
-def _normalized_weights(
-    class_names: Sequence[str], class_weights: Sequence[float] | None
-) -> np.ndarray:
-    """Class sampling probabilities; default equal, zero weight = class never drawn."""
-    if class_weights is None:
-        return np.full(len(class_names), 1.0 / len(class_names))
-    w = np.asarray(list(class_weights), dtype=np.float64)
-    if w.shape != (len(class_names),):
-        raise ValueError(f"class_weights needs {len(class_names)} values, got {len(w)}")
-    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError(f"class_weights must be non-negative with a positive sum, got {list(w)}")
-    return w / w.sum()
-
-
 def generate_weld_dataset(
     out_dir: str | Path,
     n_train: int = 240,
@@ -416,14 +373,8 @@ def generate_weld_dataset(
     unknown = [n for n in names if n not in DEFECT_RENDERERS]
     if unknown:
         raise ValueError(f"no renderer for classes {unknown}; known: {sorted(DEFECT_RENDERERS)}")
-    weights = _normalized_weights(names, class_weights)
-    counts = {"train": int(n_train), "valid": int(n_valid), "test": int(n_test)}
-    if any(n < 0 for n in counts.values()):
-        raise ValueError(f"split sizes must be >= 0, got {counts}")
-    if not 0.0 <= defect_free_fraction <= 1.0:
-        raise ValueError(f"defect_free_fraction must be in [0, 1], got {defect_free_fraction}")
-    if max_defects < 1:
-        raise ValueError(f"max_defects must be >= 1, got {max_defects}")
+    weights = normalized_weights(names, class_weights)
+    counts = check_split_args(n_train, n_valid, n_test, defect_free_fraction, max_defects)
     _check_size(width, height)
 
     summary: dict = {
@@ -438,22 +389,21 @@ def generate_weld_dataset(
     with atomic_directory(out_dir) as tmp, ThreadPoolExecutor(max_workers=2) as pool:
         root = Path(tmp)
         for split_index, split in enumerate(SPLITS):
-            n = counts[split]
-            rng = np.random.default_rng([seed, split_index])
             images_dir, labels_dir = root / split / "images", root / split / "labels"
             images_dir.mkdir(parents=True)
             labels_dir.mkdir(parents=True)
-            # An exact, seeded subset is defect-free so the fraction holds even for tiny splits.
-            free = np.zeros(n, dtype=bool)
-            free[rng.permutation(n)[: int(round(defect_free_fraction * n))]] = True
-            jobs = []
-            for i, child in enumerate(rng.spawn(n)):
-                kinds: list[str] = []
-                if not free[i]:
-                    k = int(rng.integers(1, max_defects + 1))
-                    kinds = [names[j] for j in rng.choice(len(names), size=k, p=weights)]
-                stem = f"{i:05d}"
-                jobs.append((child, kinds, images_dir / f"{stem}.png", labels_dir / f"{stem}.txt"))
+            plan = plan_split(
+                seed, split_index, counts[split], defect_free_fraction, max_defects, weights
+            )
+            jobs = [
+                (
+                    child,
+                    [names[j] for j in classes],
+                    images_dir / f"{i:05d}.png",
+                    labels_dir / f"{i:05d}.txt",
+                )
+                for i, (child, classes) in enumerate(plan)
+            ]
 
             def make(job: tuple[np.random.Generator, list[str], Path, Path]) -> list[YoloBox]:
                 child, kinds, image_path, label_path = job

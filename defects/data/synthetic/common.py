@@ -1,0 +1,105 @@
+"""Drawing and sampling pieces every synthetic generator shares (weld, steel, ...)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
+
+
+def smooth_1d(
+    rng: np.random.Generator, n: int, amplitude: float, periods: Sequence[float]
+) -> np.ndarray:
+    """Sum of random-phase sinusoids: cheap smooth wobble for the bead edges and centre line."""
+    x = np.arange(n, dtype=np.float32)
+    out = np.zeros(n, dtype=np.float32)
+    for period in periods:
+        phase = rng.uniform(0.0, 2.0 * math.pi)
+        amp = rng.uniform(0.4, 1.0) * amplitude
+        out += amp * np.sin(2.0 * math.pi * x / (period * rng.uniform(0.8, 1.25)) + phase)
+    return out
+
+
+SHIFT = 4  # cv2 fixed-point bits for sub-pixel drawing
+SCALE = 1 << SHIFT
+
+
+def fixed_point(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Float polyline -> cv2 fixed-point int32 points."""
+    return np.round(np.stack([xs, ys], axis=1) * SCALE).astype(np.int32).reshape(-1, 1, 2)
+
+
+def along(rng: np.random.Generator, n: int, lo: float) -> np.ndarray:
+    """Smoothly varying strength in [lo, 1] along a line: real flaws are not uniformly open."""
+    t = np.linspace(0.0, 1.0, n)
+    wave = 0.5 + 0.5 * np.sin(2 * math.pi * (rng.uniform(0.7, 2.2) * t + rng.uniform(0, 1)))
+    return lo + (1.0 - lo) * wave
+
+
+def draw_polyline(
+    mask: np.ndarray, xs: np.ndarray, ys: np.ndarray, values: np.ndarray, thickness: np.ndarray
+) -> None:
+    """Draw a polyline segment by segment so darkness and width can vary along it."""
+    pts = fixed_point(xs, ys).reshape(-1, 2)
+    for i in range(len(pts) - 1):
+        p, q = (int(pts[i, 0]), int(pts[i, 1])), (int(pts[i + 1, 0]), int(pts[i + 1, 1]))
+        cv2.line(mask, p, q, float(values[i]), int(thickness[i]), cv2.LINE_AA, SHIFT)
+
+
+def normalized_weights(
+    class_names: Sequence[str], class_weights: Sequence[float] | None
+) -> np.ndarray:
+    """Class sampling probabilities; default equal, zero weight = class never drawn."""
+    if class_weights is None:
+        return np.full(len(class_names), 1.0 / len(class_names))
+    w = np.asarray(list(class_weights), dtype=np.float64)
+    if w.shape != (len(class_names),):
+        raise ValueError(f"class_weights needs {len(class_names)} values, got {len(w)}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"class_weights must be non-negative with a positive sum, got {list(w)}")
+    return w / w.sum()
+
+
+def check_split_args(
+    n_train: int, n_valid: int, n_test: int, defect_free_fraction: float, max_defects: int
+) -> dict[str, int]:
+    """Validate the knobs every generator shares; return the image count per split."""
+    counts = {"train": int(n_train), "valid": int(n_valid), "test": int(n_test)}
+    if any(n < 0 for n in counts.values()):
+        raise ValueError(f"split sizes must be >= 0, got {counts}")
+    if not 0.0 <= defect_free_fraction <= 1.0:
+        raise ValueError(f"defect_free_fraction must be in [0, 1], got {defect_free_fraction}")
+    if max_defects < 1:
+        raise ValueError(f"max_defects must be >= 1, got {max_defects}")
+    return counts
+
+
+def plan_split(
+    seed: int,
+    split_index: int,
+    n: int,
+    defect_free_fraction: float,
+    max_defects: int,
+    weights: np.ndarray,
+) -> list[tuple[np.random.Generator, list[int]]]:
+    """Per image of one split: its own child RNG and the class indices of its defects.
+
+    Split-level choices come from `default_rng([seed, split_index])`; each image then gets a
+    spawned child RNG, so images can be rendered by several threads and stay byte-identical.
+    An exact, seeded subset is defect-free so the fraction holds even for tiny splits.
+    """
+    rng = np.random.default_rng([seed, split_index])
+    free = np.zeros(n, dtype=bool)
+    free[rng.permutation(n)[: int(round(defect_free_fraction * n))]] = True
+    plan = []
+    for i, child in enumerate(rng.spawn(n)):
+        classes: list[int] = []
+        if not free[i]:
+            k = int(rng.integers(1, max_defects + 1))
+            classes = [int(j) for j in rng.choice(len(weights), size=k, p=weights)]
+        plan.append((child, classes))
+    return plan
