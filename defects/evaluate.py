@@ -19,7 +19,7 @@ from defects.config import ConfigError, validate_config
 from defects.evaluation import evaluate_detector, write_report
 from defects.models.detection import DetectionModule
 from defects.models.detector import Detector
-from defects.predict import build_model
+from defects.predict import model_from_bundle
 from defects.runtime import (
     log_config,
     make_logger,
@@ -37,9 +37,7 @@ def load_detector(path: Path) -> tuple[Detector, list[str]]:
         module = DetectionModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
         return module.detector, list(module.class_names)
     bundle = load_bundle(path)
-    model = build_model(bundle["model"])
-    model.load_state_dict(bundle["state_dict"])
-    return model, list(bundle["class_names"])
+    return model_from_bundle(bundle), list(bundle["class_names"])
 
 
 @restore_tracking_env()

@@ -38,6 +38,13 @@ def build_model(spec: dict[str, Any]) -> torch.nn.Module:
     return MODEL_BUILDERS[kind](**spec["kwargs"])
 
 
+def model_from_bundle(bundle: dict[str, Any]) -> torch.nn.Module:
+    """The bundle's network, rebuilt from its plain kwargs and loaded with its weights."""
+    model = build_model(bundle["model"])
+    model.load_state_dict(bundle["state_dict"])
+    return model
+
+
 class DetectionPredictor:
     """`predict(image)` -> Detections above the bundle's score threshold."""
 
@@ -93,10 +100,8 @@ class DetectionPredictor:
 def load(path: str | Path, device: str = "cpu") -> DetectionPredictor:
     """Rebuild the predictor stored in a bundle written by `defects.train`."""
     bundle = load_bundle(path)
-    model = build_model(bundle["model"])
-    model.load_state_dict(bundle["state_dict"])
     return DetectionPredictor(
-        model,
+        model_from_bundle(bundle),
         bundle["class_names"],
         float(bundle["thresholds"].get("score", 0.5)),
         int(bundle["input"].get("channels", 1)),

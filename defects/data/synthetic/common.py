@@ -103,3 +103,9 @@ def plan_split(
             classes = [int(j) for j in rng.choice(len(weights), size=k, p=weights)]
         plan.append((child, classes))
     return plan
+
+
+def check_size(width: int, height: int, min_width: int, min_height: int) -> None:
+    """Defect sizes are in pixels, so an image below a generator's minimum cannot hold them."""
+    if width < min_width or height < min_height:
+        raise ValueError(f"image must be at least {min_width}x{min_height}, got {width}x{height}")

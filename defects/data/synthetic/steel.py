@@ -20,6 +20,7 @@ import numpy as np
 from defects.data.synthetic.common import (
     SPLITS,
     along,
+    check_size,
     check_split_args,
     draw_polyline,
     normalized_weights,
@@ -243,7 +244,7 @@ def render_steel_strip(
     Returns a uint8 ``(height, width)`` image and ``{class_id: bool mask}`` for the classes
     present (masks of repeated classes are merged).
     """
-    _check_size(width, height)
+    check_size(width, height, MIN_WIDTH, MIN_HEIGHT)
     for class_id in defect_classes:
         if class_id not in DEFECT_RENDERERS:
             raise ValueError(f"unknown steel class id {class_id!r}; expected 1..4")
@@ -270,11 +271,6 @@ def render_steel_strip(
 # --------------------------------------------------------------------------- dataset
 
 
-def _check_size(width: int, height: int) -> None:
-    if width < MIN_WIDTH or height < MIN_HEIGHT:
-        raise ValueError(f"image must be at least {MIN_WIDTH}x{MIN_HEIGHT}, got {width}x{height}")
-
-
 def generate_steel_dataset(
     out_dir: str | Path,
     n_train: int = 80,
@@ -296,7 +292,7 @@ def generate_steel_dataset(
     """
     weights = normalized_weights(STEEL_CLASSES, class_weights)
     counts = check_split_args(n_train, n_valid, n_test, defect_free_fraction, max_defects)
-    _check_size(width, height)
+    check_size(width, height, MIN_WIDTH, MIN_HEIGHT)
 
     summary: dict = {
         "images": dict(counts),

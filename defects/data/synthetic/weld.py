@@ -21,6 +21,7 @@ from defects.data.synthetic.common import (
     SHIFT,
     SPLITS,
     along,
+    check_size,
     check_split_args,
     draw_polyline,
     fixed_point,
@@ -309,7 +310,7 @@ def render_weld_radiograph(
     earlier one after a few tries is dropped, so fewer boxes than requested may come back.
     Returns a uint8 ``(height, width)`` image and its YOLO boxes.
     """
-    _check_size(width, height)
+    check_size(width, height, MIN_WIDTH, MIN_HEIGHT)
     for kind in defects:
         if kind not in DEFECT_RENDERERS:
             raise ValueError(f"unknown weld defect {kind!r}; known: {sorted(DEFECT_RENDERERS)}")
@@ -341,12 +342,6 @@ def render_weld_radiograph(
 # --------------------------------------------------------------------------- dataset
 
 
-def _check_size(width: int, height: int) -> None:
-    """Defect sizes are in pixels (e.g. lack of fusion >= 60 px), so tiny images cannot fit them."""
-    if width < MIN_WIDTH or height < MIN_HEIGHT:
-        raise ValueError(f"image must be at least {MIN_WIDTH}x{MIN_HEIGHT}, got {width}x{height}")
-
-
 def generate_weld_dataset(
     out_dir: str | Path,
     n_train: int = 240,
@@ -375,7 +370,7 @@ def generate_weld_dataset(
         raise ValueError(f"no renderer for classes {unknown}; known: {sorted(DEFECT_RENDERERS)}")
     weights = normalized_weights(names, class_weights)
     counts = check_split_args(n_train, n_valid, n_test, defect_free_fraction, max_defects)
-    _check_size(width, height)
+    check_size(width, height, MIN_WIDTH, MIN_HEIGHT)
 
     summary: dict = {
         "images": dict(counts),
