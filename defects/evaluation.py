@@ -66,6 +66,19 @@ def evaluate_detector(
     )
 
 
+def write_pr_curves(rows: list[dict], plots_dir: Path, prefix: str) -> list[Path]:
+    """`<prefix>_pr_curve.csv` for `dvc plots` and its PNG; written whole (temp + rename)."""
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = plots_dir / f"{prefix}_pr_curve.csv"
+    tmp = csv_path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["class", "recall", "precision"])
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(csv_path)
+    return [csv_path, plot_pr_curves(rows, plots_dir / f"{prefix}_pr_curve.png")]
+
+
 def write_report(
     report: DetectionReport,
     class_names: list[str],
@@ -84,18 +97,7 @@ def write_report(
             nested[name] = round(value, 6)
     metrics_json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(metrics_json, json.dumps(nested, indent=2))
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = plots_dir / f"{prefix}_pr_curve.csv"
-    with open(csv_path.with_suffix(".tmp"), "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["class", "recall", "precision"])
-        writer.writeheader()
-        writer.writerows(report.pr_rows)
-    csv_path.with_suffix(".tmp").replace(csv_path)
-    outputs = [
-        metrics_json,
-        csv_path,
-        plot_pr_curves(report.pr_rows, plots_dir / f"{prefix}_pr_curve.png"),
-    ]
+    outputs = [metrics_json, *write_pr_curves(report.pr_rows, plots_dir, prefix)]
     if report.samples:
         images, truths, preds = zip(*report.samples, strict=True)
         outputs.append(

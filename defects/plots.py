@@ -105,3 +105,26 @@ def plot_pr_curves(
     if rows:
         ax.legend(fontsize=7, loc="lower left")
     return save_figure(fig, out_png)
+
+
+def overlay_masks(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """uint8 RGB of a grey or RGB image with each class mask [K, H, W] tinted and outlined.
+
+    Class k (0-based) gets COLORS[k]; used by previews, evaluation figures, `predict` overlays
+    and the Flask page alike, so a class has one colour everywhere.
+    """
+    import cv2
+    from matplotlib.colors import to_rgb
+
+    rgb = image.astype(np.float32)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[:, :, None], 3, axis=2)
+    kernel = np.ones((3, 3), np.uint8)
+    for k, mask in enumerate(np.asarray(masks, dtype=bool)):
+        if not mask.any():
+            continue
+        color = np.array(to_rgb(COLORS[k % len(COLORS)]), np.float32) * 255.0
+        rgb[mask] = 0.7 * rgb[mask] + 0.3 * color
+        edge = mask & ~cv2.erode(mask.astype(np.uint8), kernel).astype(bool)
+        rgb[edge] = color
+    return np.clip(rgb, 0, 255).astype(np.uint8)

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from defects.config import validate_config
-from defects.data.synthetic import save_preview
+from defects.data.synthetic import save_preview, save_steel_preview
 from defects.formats.errors import FormatError
 from defects.runtime import has_target, offline_environment, run_entry
 
@@ -33,7 +33,12 @@ def prepare(cfg: DictConfig) -> dict:
         summary = {"existing": str(data_dir)}
     else:
         raise FormatError(data_dir, "no data here and no prepare step configured (prepare=...)")
-    preview = save_preview(data_dir, Path(cfg.paths.plots_dir) / "data_samples.png", split="train")
+    out_png = Path(cfg.paths.plots_dir) / "data_samples.png"
+    train_dir = data_dir / "train"
+    if (train_dir / "train.csv").is_file() or (train_dir / "masks").is_dir():
+        preview = save_steel_preview(data_dir, out_png, class_names=list(cfg.class_names))
+    else:
+        preview = save_preview(data_dir, out_png, split="train")
     log.info("prepared %s: %s; preview %s", data_dir, json.dumps(summary), preview)
     return summary
 

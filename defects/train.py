@@ -20,6 +20,8 @@ from omegaconf import DictConfig
 from defects.bundle import save_bundle
 from defects.config import validate_config
 from defects.evaluation import evaluate_detector, write_report
+from defects.models.detection import DetectionModule
+from defects.models.segmentation import SegmentationModule
 from defects.runtime import (
     log_config,
     make_callbacks,
@@ -28,24 +30,77 @@ from defects.runtime import (
     restore_tracking_env,
     run_entry,
 )
+from defects.segmentation_evaluation import (
+    evaluate_segmenter,
+    tune_thresholds,
+    write_segmentation_report,
+)
 from defects.tracking import log_artifact
 
 log = logging.getLogger("defects")
 
 
-def export_bundle(module: L.LightningModule, cfg: DictConfig, path: Path, metrics: dict) -> Path:
-    """The model as a self-contained bundle that `defects.load` rebuilds without Lightning."""
+def finish_detection(
+    module: DetectionModule, datamodule: L.LightningDataModule, cfg: DictConfig
+) -> tuple[dict[str, float], list[Path], Path]:
+    """Score the best detector on validation; write report, figures and the bundle."""
+    paths = cfg.paths
+    report = evaluate_detector(
+        module.detector, datamodule.val_dataloader(), module.class_names, "val"
+    )
+    outputs = write_report(
+        report,
+        module.class_names,
+        Path(paths.metrics_dir) / "train.json",
+        Path(paths.plots_dir),
+        "val",
+    )
     hp = module.hparams
-    return save_bundle(
-        path,
+    bundle = save_bundle(
+        Path(paths.model_dir) / "bundle.pt",
         task=cfg.task_name,
         model={"kind": "detector", "kwargs": {"num_classes": len(hp.class_names) + 1, **hp.net}},
         state_dict=module.detector.state_dict(),
         class_names=list(hp.class_names),
         thresholds={"score": float(hp.score_threshold)},
         input={"channels": int(cfg.data.channels)},
-        metrics=metrics,
+        metrics=report.metrics,
     )
+    return report.metrics, outputs, bundle
+
+
+def finish_segmentation(
+    module: SegmentationModule, datamodule: L.LightningDataModule, cfg: DictConfig
+) -> tuple[dict[str, float], list[Path], Path]:
+    """Tune gate/pixel/area thresholds on validation Dice, score with them, write the bundle.
+
+    Tuning happens here, on the best checkpoint, so the train stage's bundle already carries
+    the thresholds the evaluate stage and the predictor apply (DVC lets one stage own a file).
+    """
+    paths = cfg.paths
+    loader = datamodule.val_dataloader()
+    thresholds, tuned_dice = tune_thresholds(module.net, loader)
+    log.info("tuned thresholds %s (val dice %.4f)", thresholds.as_dict(), tuned_dice)
+    report = evaluate_segmenter(module.net, loader, module.class_names, thresholds, "val")
+    outputs = write_segmentation_report(
+        report,
+        module.class_names,
+        Path(paths.metrics_dir) / "train.json",
+        Path(paths.plots_dir),
+        "val",
+    )
+    hp = module.hparams
+    bundle = save_bundle(
+        Path(paths.model_dir) / "bundle.pt",
+        task=cfg.task_name,
+        model={"kind": "segmenter", "kwargs": {"num_classes": len(hp.class_names), **hp.net}},
+        state_dict=module.net.state_dict(),
+        class_names=list(hp.class_names),
+        thresholds=thresholds.as_dict(),
+        input={"channels": int(cfg.data.channels), "resize": cfg.data.get("resize")},
+        metrics=report.metrics,
+    )
+    return report.metrics, outputs, bundle
 
 
 def load_best(module: L.LightningModule, trainer: L.Trainer) -> str | None:
@@ -75,26 +130,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     best = load_best(module, trainer)
+    finish = finish_segmentation if isinstance(module, SegmentationModule) else finish_detection
+    metrics, outputs, bundle = finish(module, datamodule, cfg)
     paths = cfg.paths
-    report = evaluate_detector(
-        module.detector, datamodule.val_dataloader(), module.class_names, "val"
-    )
-    outputs = write_report(
-        report,
-        module.class_names,
-        Path(paths.metrics_dir) / "train.json",
-        Path(paths.plots_dir),
-        "val",
-    )
-    bundle = export_bundle(module, cfg, Path(paths.model_dir) / "bundle.pt", report.metrics)
     log.info(
         "best checkpoint %s; bundle %s; %s",
         best,
         bundle,
-        {k: round(v, 4) for k, v in report.metrics.items()},
+        {k: round(v, 4) for k, v in metrics.items()},
     )
     if logger is not None:
-        logger.log_metrics({f"best/{k}": v for k, v in report.metrics.items()})
+        logger.log_metrics({f"best/{k}": v for k, v in metrics.items()})
         for path in [
             *outputs,
             Path(paths.plots_dir) / "data_samples.png",
@@ -103,7 +149,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if path.exists():
                 log_artifact(trainer, path, "plots" if path.suffix == ".png" else "metrics")
         log_artifact(trainer, bundle, "model")
-    return report.metrics
+    return metrics
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")

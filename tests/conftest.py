@@ -20,10 +20,17 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from defects.data.synthetic import generate_weld_dataset  # noqa: E402
+from defects.data.synthetic import generate_steel_dataset, generate_weld_dataset  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "defects" / "configs"
 TINY_WELD = dict(n_train=8, n_valid=4, n_test=4, width=160, height=128, seed=3)
+TINY_STEEL = dict(n_train=8, n_valid=4, n_test=4, width=320, height=64, seed=5)
+# A small network of the configured kind: same code path, a fraction of the compute.
+TINY_SEGMENTER = [
+    "model.net.encoder=timm-efficientnet-b0",
+    "model.net.decoder_channels=[16,16,16,16,16]",
+    "model.net.gate_encoder=timm-efficientnet-b0",
+]
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +69,26 @@ def weld_cfg(weld_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_config([*weld_overrides(data_root or weld_root, tmp_path), *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def steel_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny Severstal-layout strips, 320x64 (read-only: copy it before changing it)."""
+    root = tmp_path_factory.mktemp("steel") / "data"
+    generate_steel_dataset(root, **TINY_STEEL)
+    return root
+
+
+def steel_overrides(data_root: Path, out_dir: Path) -> list[str]:
+    """Overrides for a quick steel run on tiny strips with every output under `out_dir`."""
+    return [
+        "task=steel",
+        "debug=tiny",
+        "logger=none",
+        "data.shape=[64,320]",
+        "data.crop=[64,128]",
+        "data.batch_size=2",
+        *TINY_SEGMENTER,
+        f"paths.data_dir={data_root}",
+        *(f"paths.{key}={out_dir / key}" for key in ("model_dir", "metrics_dir", "plots_dir")),
+    ]

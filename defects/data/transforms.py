@@ -16,7 +16,8 @@ def build_transform(steps: Sequence[Any] | None, bbox: bool, seed: int | None = 
     30 % of its area by a crop is dropped rather than kept as a sliver.
     """
     transforms = [
-        step if isinstance(step, A.BasicTransform) else instantiate(step) for step in steps or []
+        step if isinstance(step, (A.BasicTransform, A.BaseCompose)) else instantiate(step)
+        for step in steps or []
     ]
     bbox_params = (
         A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=0.3)

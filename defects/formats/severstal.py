@@ -292,9 +292,11 @@ def read_severstal_csv(
 
 
 def write_severstal_csv(
-    path: str | os.PathLike[str], masks: dict[str, dict[int, np.ndarray]]
+    path: str | os.PathLike[str], masks: dict[str, dict[int, np.ndarray | str]]
 ) -> None:
     """Write the `ImageId,ClassId,EncodedPixels` layout atomically, sorted by image then class.
+
+    Values are masks or RLE text already encoded (so a long prediction run keeps only text).
 
     One row per (image, class) in `masks`; an empty mask gives an empty EncodedPixels cell. An
     image with no classes at all gets a single `image,1,` row so it is read back as a
@@ -318,7 +320,8 @@ def write_severstal_csv(
             ):
                 raise ValueError(f"{image_id}: class id must be an integer >= 1, got {class_id!r}")
             try:
-                rle = rle_encode(per_class[class_id])
+                value = per_class[class_id]
+                rle = value if isinstance(value, str) else rle_encode(value)
             except ValueError as exc:
                 raise ValueError(f"{image_id} class {class_id}: {exc}") from None
             writer.writerow((image_id, int(class_id), rle))

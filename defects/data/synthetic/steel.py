@@ -333,38 +333,39 @@ def generate_steel_dataset(
 
 
 def save_steel_preview(
-    root: str | Path, out_png: str | Path, n: int = 4, split: str = "train"
+    root: str | Path,
+    out_png: str | Path,
+    n: int = 4,
+    split: str = "train",
+    class_names: Sequence[str] = STEEL_CLASSES,
 ) -> Path:
-    """Draw the first ``n`` strips of ``root/split`` with coloured mask overlays into ``out_png``.
+    """Draw the first ``n`` images of ``root/split`` with coloured mask overlays into ``out_png``.
 
-    One strip per row (a 1600x256 strip is unreadable in a four-column grid); colours are
-    ``COLORS[class_id - 1]`` from ``defects.plots``.
+    Reads either segmentation layout (``train.csv`` RLE or ``masks/`` index PNGs). One image
+    per row (a 1600x256 strip is unreadable in a four-column grid); class k has
+    ``COLORS[k - 1]`` from ``defects.plots``.
     """
-    from matplotlib.colors import to_rgb
-
     from defects.data.images import read_image
+    from defects.data.segmentation import load_masks, scan_segmentation_split
     from defects.data.synthetic.preview import preview_images
-    from defects.formats.severstal import read_severstal_csv, rle_decode
-    from defects.plots import COLORS, image_grid, save_figure
+    from defects.plots import image_grid, overlay_masks, save_figure
 
     root = Path(root)
     images = preview_images(root, split, n)
-    first = read_image(images[0])
-    shape = first.shape
-    table = read_severstal_csv(root / split / "train.csv", shape=shape)
+    shape = read_image(images[0]).shape
+    layout = "severstal" if (root / split / "train.csv").is_file() else "masks"
+    samples = {
+        s.image: s
+        for s in scan_segmentation_split(root, split, len(class_names), layout, shape)
+        if s.image in set(images)
+    }
     cell_w = max(6.0, shape[1] / 100.0)  # native resolution at dpi 100 for 1600-px strips
     fig, axes = image_grid(len(images), shape[0] / shape[1], cell_width=cell_w, columns=1)
     for ax, path in zip(axes, images, strict=True):
         image = read_image(path)
-        rgb = np.repeat(image[:, :, None].astype(np.float32) / 255.0, 3, axis=2)
-        present = table.get(path.name, {})
-        for class_id, rle in sorted(present.items()):
-            mask = rle_decode(rle, image.shape)
-            color = np.array(to_rgb(COLORS[(class_id - 1) % len(COLORS)]), np.float32)
-            rgb[mask] = 0.7 * rgb[mask] + 0.3 * color
-            edge = mask & ~cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-            rgb[edge] = color
-        ax.imshow(rgb, interpolation="nearest")
-        names = [f"{c}:{STEEL_CLASSES[c - 1]}" for c in sorted(present) if 1 <= c <= 4]
+        masks = load_masks(samples[path], image.shape, len(class_names)).transpose(2, 0, 1)
+        ax.imshow(overlay_masks(image, masks), interpolation="nearest")
+        present = [k for k in range(len(class_names)) if masks[k].any()]
+        names = [f"{k + 1}:{class_names[k]}" for k in present]
         ax.set_title(f"{split}/{path.name} ({', '.join(names) or 'no defects'})", fontsize=8)
     return save_figure(fig, out_png)

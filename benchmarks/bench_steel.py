@@ -1,0 +1,130 @@
+"""Steel line budget: strips per second for each gate design, eager and ONNX Runtime.
+
+Reproduces the original project's table (2,500 strips, defect-free set vs 50/50 set, three
+designs) on this CPU, step by step, so each engineering step shows what it bought:
+
+    python benchmarks/bench_steel.py --bundle models/steel/bundle.pt \
+        --bundle models/steel_two_heads/bundle.pt --bundle models/steel_shared/bundle.pt
+
+Each bundle is a trained steel model (`defects.train task=steel model.net.design=...`); the
+gate decisions are the model's own, so the defect-free speed-up is real, not assumed.
+Strips are synthetic 1600x256 (generated here, in memory, from a seed; the same strips for
+every row). Timing covers tensor conversion, the gated flow and thresholding (what the line
+runs after a frame is in memory), not PNG decoding. Dice is the Kaggle mean over the
+validation split of `--data`, for each row, against the eager full-size fp32 flow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from defects.bundle import load_bundle
+from defects.data.segmentation import SegmentationDataModule
+from defects.data.synthetic.steel import render_steel_strip
+from defects.pipelines.gated import GatedFlow, Thresholds, binarize, export_onnx
+from defects.predict import model_from_bundle
+from defects.segmentation_evaluation import evaluate_segmenter
+
+
+def make_strips(count: int, defective_fraction: float, seed: int) -> list[np.ndarray]:
+    """`count` synthetic strips, the first `defective_fraction` of them with 1-2 defects."""
+    rng = np.random.default_rng(seed)
+    n_defective = int(round(count * defective_fraction))
+    strips = []
+    for k in range(count):
+        classes = []
+        if k < n_defective:
+            n = int(rng.integers(1, 3))
+            classes = sorted(int(c) for c in rng.choice([1, 2, 3, 4], n, p=[0.12, 0.03, 0.7, 0.15]))
+        image, _ = render_steel_strip(np.random.default_rng([seed, k]), 1600, 256, classes)
+        strips.append(image)
+    return strips
+
+
+def run(
+    flow: GatedFlow, thresholds: Thresholds | None, strips: list[np.ndarray], batch: int
+) -> tuple[float, float]:
+    """Seconds for all strips and the share the gate let through."""
+    passed = 0
+    start = time.perf_counter()
+    for i in range(0, len(strips), batch):
+        chunk = np.stack(strips[i : i + batch])
+        x = torch.from_numpy(chunk).float().div_(255.0).unsqueeze(1)
+        gate, probs = flow(x, None if thresholds is None else thresholds.gate)
+        if thresholds is not None:
+            binarize(gate, probs, thresholds)
+            passed += int((gate.max(1).values >= thresholds.gate).sum())
+        else:
+            passed += len(chunk)
+    return time.perf_counter() - start, passed / len(strips)
+
+
+def dice_of(
+    flow: GatedFlow, net: torch.nn.Module, names: list[str], thresholds: Thresholds, data: Path
+) -> float:
+    dm = SegmentationDataModule(str(data), names, num_workers=0, eval_batch_size=4)
+    report = evaluate_segmenter(net, dm.val_dataloader(), names, thresholds, "val", 0, flow)
+    return report.metrics["val/dice"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", action="append", required=True, help="trained steel bundle")
+    parser.add_argument("--count", type=int, default=200, help="strips per set (original: 2500)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--data", default="data/steel", help="valid split scores Dice")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    clean = make_strips(args.count, 0.0, args.seed)
+    mixed = make_strips(args.count, 0.5, args.seed + 1)
+    print(
+        f"{args.count} strips per set, 1600x256, batch {args.batch}, {args.threads} threads, "
+        f"torch {torch.__version__}"
+    )
+    header = (
+        "| design | step | defect-free s | img/s | gate pass | 50/50 s | img/s | gate pass "
+        "| val Dice | ΔDice |"
+    )
+    print(header)
+    print("|" + "---|" * 10)
+    for path in args.bundle:
+        bundle = load_bundle(path)
+        net = model_from_bundle(bundle).eval()
+        names = list(bundle["class_names"])
+        thresholds = Thresholds.from_dict(bundle["thresholds"], len(names))
+        eager = GatedFlow.eager(net)
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx = GatedFlow.onnx(export_onnx(net, Path(tmp) / "onnx"), threads=args.threads)
+            rows = [
+                ("ungated eager, batch 1", eager, None, 1),
+                ("gated eager, batch 1", eager, thresholds, 1),
+                (f"gated eager, batch {args.batch}", eager, thresholds, args.batch),
+                (f"gated ONNX Runtime, batch {args.batch}", onnx, thresholds, args.batch),
+            ]
+            reference = dice_of(eager, net, names, thresholds, Path(args.data))
+            dice_onnx = dice_of(onnx, net, names, thresholds, Path(args.data))
+            for step, flow, th, batch in rows:
+                run(flow, th, clean[: max(batch, 2)], batch)  # warm-up
+                t_clean, p_clean = run(flow, th, clean, batch)
+                t_mixed, p_mixed = run(flow, th, mixed, batch)
+                dice = dice_onnx if flow is onnx else reference
+                print(
+                    f"| {net.design} | {step} | {t_clean:.1f} | {len(clean) / t_clean:.1f} | "
+                    f"{p_clean:.0%} | {t_mixed:.1f} | {len(mixed) / t_mixed:.1f} | {p_mixed:.0%} "
+                    f"| {dice:.4f} | {dice - reference:+.4f} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""Segmentation data (steel, magnetic tile, later pipe): images + per-class masks.
+
+Two on-disk layouts, chosen by `layout`:
+- `severstal`: `{split}/images/*` and `{split}/train.csv` (ImageId, ClassId, EncodedPixels);
+  an image with no row, or only empty rows, is defect-free.
+- `masks`: `{split}/images/*` and `{split}/masks/<stem>.png`, one index mask per image
+  (0 = background, k = class k); an image with no mask file is defect-free.
+
+Defect-free images stay in every split: the gate learns from them. Masks are [K, H, W]
+channels (one per class), so the loss, the metric and the RLE writer see the same thing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from defects.data.images import list_images, read_image
+from defects.data.transforms import build_transform
+from defects.formats.errors import FormatError, SkipReport, handle
+from defects.formats.mask_folder import read_index_mask
+from defects.formats.severstal import read_severstal_csv, rle_decode
+
+log = logging.getLogger("defects")
+
+SPLITS = ("train", "valid", "test")
+LAYOUTS = ("severstal", "masks")
+
+
+@dataclass(frozen=True)
+class SegmentationSample:
+    """One image and where its masks come from: RLE per class id, or an index-mask file."""
+
+    image: Path
+    rles: dict[int, str]
+    mask_file: Path | None
+
+    @property
+    def classes(self) -> set[int]:
+        """1-based class ids known to be present (from the CSV; index masks are read lazily)."""
+        return set(self.rles)
+
+
+def scan_segmentation_split(
+    root: str | Path,
+    split: str,
+    num_classes: int,
+    layout: str = "severstal",
+    shape: Sequence[int] = (256, 1600),
+    strict: bool = True,
+    report: SkipReport | None = None,
+) -> list[SegmentationSample]:
+    """List one split's samples, validating the CSV (rows named) or the mask files."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"data.layout: '{layout}' is not one of {', '.join(LAYOUTS)}")
+    split_dir = Path(root) / split
+    images_dir = split_dir / "images"
+    if not images_dir.is_dir():
+        raise FormatError(images_dir, f"split '{split}' has no images folder")
+    images = list_images(images_dir)
+    if not images:
+        raise FormatError(images_dir, f"split '{split}' is empty: no images found")
+    if layout == "severstal":
+        csv_path = split_dir / "train.csv"
+        table = read_severstal_csv(csv_path, num_classes, tuple(shape), strict, report)
+        names = {p.name for p in images}
+        for image_id in sorted(set(table) - names):
+            handle(
+                FormatError(csv_path, f"ImageId '{image_id}' has no image in {images_dir}"),
+                strict,
+                report,
+            )
+        return [SegmentationSample(p, table.get(p.name, {}), None) for p in images]
+    masks_dir = split_dir / "masks"
+    stems = {p.stem for p in images}
+    if masks_dir.is_dir():
+        for orphan in sorted(masks_dir.glob("*.png")):
+            if orphan.stem not in stems:
+                handle(FormatError(orphan, "mask has no matching image"), strict, report)
+    samples = []
+    for image in images:
+        mask_file = masks_dir / f"{image.stem}.png"
+        samples.append(SegmentationSample(image, {}, mask_file if mask_file.is_file() else None))
+    return samples
+
+
+def load_masks(sample: SegmentationSample, shape: tuple[int, int], num_classes: int) -> np.ndarray:
+    """[H, W, K] uint8 masks for `sample` (zeros for a defect-free image)."""
+    masks = np.zeros((*shape, num_classes), dtype=np.uint8)
+    for class_id, rle in sample.rles.items():
+        masks[:, :, class_id - 1] = rle_decode(rle, shape)
+    if sample.mask_file is not None:
+        index = read_index_mask(sample.mask_file, num_classes, shape)
+        for class_id in range(1, num_classes + 1):
+            masks[:, :, class_id - 1] = index == class_id
+    return masks
+
+
+class SegmentationDataset(Dataset):
+    """Image [C, H, W] float in [0, 1] and masks [K, H, W] float, after `transform`."""
+
+    def __init__(
+        self,
+        samples: Sequence[SegmentationSample],
+        num_classes: int,
+        transform: A.Compose,
+        channels: int = 1,
+    ):
+        self.samples = list(samples)
+        self.num_classes = num_classes
+        self.transform = transform
+        self.channels = channels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.samples[index]
+        image = read_image(sample.image, self.channels)
+        masks = load_masks(sample, image.shape[:2], self.num_classes)
+        out = self.transform(image=image, mask=masks)
+        image, masks = out["image"], out["mask"]
+        if image.ndim == 2:
+            image = image[:, :, None]
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
+        target = torch.from_numpy(np.ascontiguousarray(masks.transpose(2, 0, 1))).float()
+        return tensor, target
+
+
+def collate_same_size(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+    """Stack a batch; images of different sizes need `data.resize` (or batch_size 1)."""
+    shapes = {tuple(image.shape) for image, _ in batch}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"images of different sizes in one batch {sorted(shapes)}: set data.resize=[H,W] "
+            "for this dataset"
+        )
+    images, masks = zip(*batch, strict=True)
+    return torch.stack(images), torch.stack(masks)
+
+
+def balanced_weights(labels: Sequence[set[int]]) -> list[float]:
+    """Per-image sampling weight: the inverse frequency of its rarest class (0 = defect-free)."""
+    counts: dict[int, int] = {}
+    for found in labels:
+        for key in found or {0}:
+            counts[key] = counts.get(key, 0) + 1
+    return [max(1.0 / counts[key] for key in (found or {0})) for found in labels]
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Train on random (defect-biased) crops, validate and test on whole images."""
+
+    def __init__(
+        self,
+        root: str,
+        class_names: list[str],
+        layout: str = "severstal",
+        shape: list[int] | None = None,
+        channels: int = 1,
+        batch_size: int = 8,
+        eval_batch_size: int = 4,
+        num_workers: int = 1,
+        crop: list[int] | None = None,
+        crop_defect_bias: float = 0.6,
+        resize: list[int] | None = None,
+        augment: list[Any] | None = None,
+        balanced_sampling: bool = False,
+        strict: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.root = Path(root)
+        self.class_names = list(class_names)
+        self.layout = layout
+        self.shape = tuple(shape or (256, 1600))
+        self.channels = channels
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.crop = crop
+        self.crop_defect_bias = crop_defect_bias
+        self.resize = resize
+        self.augment = augment or []
+        self.balanced_sampling = balanced_sampling
+        self.strict = strict
+        self.seed = seed
+        self.samples: dict[str, list[SegmentationSample]] = {}
+        self.skipped = SkipReport()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def split_samples(self, split: str) -> list[SegmentationSample]:
+        if split not in self.samples:
+            if not self.root.is_dir():
+                raise FormatError(self.root, "dataset folder not found (run defects.prepare?)")
+            self.samples[split] = scan_segmentation_split(
+                self.root,
+                split,
+                self.num_classes,
+                self.layout,
+                self.shape,
+                self.strict,
+                self.skipped,
+            )
+            log.info("%s: %d images", split, len(self.samples[split]))
+            if self.skipped.count:
+                log.warning("skipped so far: %s", self.skipped.summary())
+        return self.samples[split]
+
+    def _geometry(self, train: bool) -> list[A.BasicTransform]:
+        steps: list[A.BasicTransform] = []
+        if self.resize:
+            steps.append(A.Resize(*self.resize, interpolation=1, mask_interpolation=0))
+        if train and self.crop:
+            height, width = self.crop
+            steps.append(
+                A.OneOf(
+                    [
+                        A.CropNonEmptyMaskIfExists(height, width, p=self.crop_defect_bias),
+                        A.RandomCrop(height, width, p=1 - self.crop_defect_bias),
+                    ],
+                    p=1.0,
+                )
+            )
+        return steps
+
+    def transform(self, train: bool) -> A.Compose:
+        steps = self._geometry(train) + (list(self.augment) if train else [])
+        return build_transform(steps, bbox=False, seed=self.seed if train else None)
+
+    def dataset(self, split: str) -> SegmentationDataset:
+        return SegmentationDataset(
+            self.split_samples(split),
+            self.num_classes,
+            self.transform(split == "train"),
+            self.channels,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.split_samples("train")
+            self.split_samples("valid")
+        if stage in (None, "test"):
+            self.split_samples("test")
+        if stage == "validate":
+            self.split_samples("valid")
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(split)
+        sampler = None
+        if shuffle and self.balanced_sampling:
+            labels = [self.sample_classes(dataset, i) for i in range(len(dataset))]
+            generator = torch.Generator().manual_seed(self.seed)
+            sampler = WeightedRandomSampler(
+                balanced_weights(labels), len(dataset), generator=generator
+            )
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_same_size,
+            drop_last=shuffle and len(dataset) > batch_size,
+        )
+
+    def sample_classes(self, dataset: SegmentationDataset, index: int) -> set[int]:
+        """Classes present in one image (index masks are read once, here)."""
+        sample = dataset.samples[index]
+        if sample.mask_file is None:
+            return sample.classes
+        index_mask = read_index_mask(sample.mask_file, self.num_classes)
+        return {int(v) for v in np.unique(index_mask) if v}
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)

@@ -1,0 +1,128 @@
+"""The segmentation LightningModule (steel now, pipe later): gate + masks, one loss.
+
+Loss = pixel BCE (optional per-class positive weights) + smp's multilabel Dice loss (per class
+over the batch, classes absent from the batch left out, so empty crops do not drown the
+defects) + BCE of the gate against "this class is present in the crop". Validation scores
+Kaggle Dice through the gate at the configured thresholds (`val/dice*`) and of the segmenter
+alone (`val/seg_dice*`, the gate ignored): early in training the gate is closed and only the
+second shows progress. The train stage tunes the thresholds at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from segmentation_models_pytorch.losses import DiceLoss
+
+from defects.metrics.segmentation import SeverstalDice
+from defects.models.segmenter import Segmenter
+from defects.pipelines.gated import Thresholds, binarize, gate_scores, pad_to_stride
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains any `Segmenter` design; plain-value hyper-parameters only."""
+
+    def __init__(
+        self,
+        class_names: list[str],
+        net: dict[str, Any],
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 50,
+        pos_weight: list[float] | None = None,
+        dice_weight: float = 1.0,
+        gate_weight: float = 0.5,
+        thresholds: dict[str, Any] | None = None,
+        monitor: str = "val/dice",
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.class_names = list(class_names)
+        self.net = Segmenter(len(self.class_names), **net)
+        if pos_weight is not None and len(pos_weight) != len(self.class_names):
+            raise ValueError(
+                f"model.pos_weight: {len(pos_weight)} values for {len(self.class_names)} classes"
+            )
+        weight = torch.tensor(pos_weight or [1.0] * len(self.class_names)).view(1, -1, 1, 1)
+        self.register_buffer("pos_weight", weight, persistent=False)
+        self.thresholds = Thresholds.from_dict(thresholds or {}, len(self.class_names))
+        self.dice_loss = DiceLoss("multilabel", from_logits=True)
+        self.val_dice = SeverstalDice(self.class_names)
+        self.val_seg_dice = SeverstalDice(self.class_names)
+        self._val_gate: list[torch.Tensor] = []
+        self._val_truth: list[torch.Tensor] = []
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        height, width = images.shape[-2:]
+        out = self.net(pad_to_stride(images, self.net.stride))
+        out["mask_logits"] = out["mask_logits"][..., :height, :width]
+        return out
+
+    def losses(self, out: dict[str, torch.Tensor], masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = out["mask_logits"].float()
+        bce = F.binary_cross_entropy_with_logits(logits, masks, pos_weight=self.pos_weight)
+        dice = self.dice_loss(logits, masks)
+        present = masks.flatten(2).amax(-1)
+        gate = F.binary_cross_entropy_with_logits(out["gate_logits"].float(), present)
+        hp = self.hparams
+        total = bce + hp.dice_weight * dice + hp.gate_weight * gate
+        return {"loss": total, "bce": bce, "dice": dice, "gate": gate}
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images, masks = batch
+        losses = self.losses(self(images), masks)
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=len(images))
+        self.log_dict(
+            {f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=len(images)
+        )
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return losses["loss"]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        images, masks = batch
+        out = self(images)
+        self.log("val/loss", self.losses(out, masks)["loss"], batch_size=len(images))
+        gate = torch.sigmoid(out["gate_logits"].float())
+        probs = torch.sigmoid(out["mask_logits"].float())
+        self.val_dice.update(binarize(gate, probs, self.thresholds), masks.bool())
+        ungated = Thresholds(0.0, self.thresholds.pixel, self.thresholds.min_area)
+        self.val_seg_dice.update(binarize(gate, probs, ungated), masks.bool())
+        self._val_gate.append(gate.max(1).values.cpu())
+        self._val_truth.append(masks.flatten(1).any(1).cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        result = {f"val/{k}": v.float() for k, v in self.val_dice.compute().items()}
+        seg = self.val_seg_dice.compute()
+        result.update({f"val/seg_{k}": seg[k].float() for k in ("dice", "dice_defective")})
+        self.val_dice.reset()
+        self.val_seg_dice.reset()
+        if self._val_gate:
+            gate = torch.cat(self._val_gate).numpy()
+            truth = torch.cat(self._val_truth).numpy()
+            scores = gate_scores(gate, truth, self.thresholds.gate)
+            result.update({f"val/{k}": torch.tensor(v) for k, v in scores.items()})
+        self._val_gate.clear()
+        self._val_truth.clear()
+        self.log_dict(result)
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(hp.warmup_steps, total // 2)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return 0.01 + 0.99 * step / max(warmup, 1)
+            progress = (step - warmup) / max(total - warmup, 1)
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

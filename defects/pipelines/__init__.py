@@ -1,0 +1,1 @@
+"""Multi-model flows: the gated steel flow (and, later, pipe mask refinement)."""

@@ -1,0 +1,152 @@
+"""The gated flow: designs skip work exactly where the gate says, thresholds are tuned right,
+and the ONNX graphs give the eager answer."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from defects.metrics.segmentation import pair_dice
+from defects.models.segmenter import Segmenter
+from defects.pipelines.gated import (
+    GatedFlow,
+    Thresholds,
+    ThresholdSearch,
+    binarize,
+    export_onnx,
+    gate_scores,
+    pad_to_stride,
+)
+
+TINY = dict(
+    encoder="timm-efficientnet-b0",
+    decoder_channels=[16, 16, 16, 16, 16],
+    gate_encoder="timm-efficientnet-b0",
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make(design: str, seed: int = 0) -> Segmenter:
+    torch.manual_seed(seed)
+    return Segmenter(3, design=design, **TINY).eval()
+
+
+@pytest.mark.parametrize("design", ["separate", "two_heads", "shared_backbone"])
+def test_ungated_flow_equals_forward(design: str) -> None:
+    """With no gate threshold the flow is the network's own forward pass (after sigmoid)."""
+    net = make(design)
+    x = torch.rand(3, 1, 64, 96)
+    gate, masks = GatedFlow.eager(net)(x)
+    with torch.inference_mode():
+        out = net(x)
+    assert torch.allclose(masks, torch.sigmoid(out["mask_logits"]), atol=1e-5)
+    assert torch.allclose(gate, torch.sigmoid(out["gate_logits"]), atol=1e-5)
+
+
+@pytest.mark.parametrize("design", ["separate", "shared_backbone"])
+def test_rejected_images_skip_the_decoder(design: str) -> None:
+    net = make(design)
+    x = torch.rand(4, 1, 64, 96)
+    flow = GatedFlow.eager(net)
+    gate, full = flow(x)
+    order = gate.max(1).values.argsort()
+    threshold = float((gate.max(1).values[order[1]] + gate.max(1).values[order[2]]) / 2)
+    calls: list[int] = []
+    part = flow.parts["segment" if design == "separate" else "decode"]
+    handle = part.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    try:
+        gate2, gated = flow(x, gate_threshold=threshold)
+    finally:
+        handle.remove()
+    keep = gate.max(1).values >= threshold
+    assert calls == [int(keep.sum())] == [2]
+    assert torch.equal(gate2, gate)
+    assert torch.allclose(gated[keep], full[keep], atol=1e-5)
+    assert not gated[~keep].any()
+
+
+def test_odd_sizes_are_padded_and_cropped_back() -> None:
+    net = make("two_heads")
+    x = torch.rand(1, 1, 50, 70)
+    assert pad_to_stride(x, 32).shape[-2:] == (64, 96)
+    _, masks = GatedFlow.eager(net)(x)
+    assert masks.shape == (1, 3, 50, 70)
+
+
+def test_binarize_applies_pixel_area_and_gate() -> None:
+    probs = torch.zeros(2, 2, 4, 4)
+    probs[:, 0, :2, :2] = 0.7  # 4 pixels of class 0
+    probs[:, 1, :, :] = 0.55  # 16 pixels of class 1
+    gate = torch.tensor([[0.9, 0.1], [0.2, 0.1]])
+    out = binarize(gate, probs, Thresholds(0.5, [0.6, 0.5], [5, 0]))
+    assert not out[0, 0].any()  # 4 pixels < min area 5
+    assert out[0, 1].all()
+    assert not out[1].any()  # the gate rejected image 1
+    out = binarize(gate, probs, Thresholds(0.0, [0.6, 0.6], [0, 0]))
+    assert out[:, 0].sum() == 8 and not out[:, 1].any()
+
+
+def test_thresholds_from_dict_checks_lengths() -> None:
+    assert Thresholds.from_dict({"pixel": 0.4}, 3).pixel == [0.4] * 3
+    with pytest.raises(ValueError, match="thresholds.min_area: 2 values for 3 classes"):
+        Thresholds.from_dict({"min_area": [1, 2]}, 3)
+
+
+def test_threshold_search_matches_brute_force() -> None:
+    """The count-based search finds the same optimum as scoring every grid point directly."""
+    gen = torch.Generator().manual_seed(0)
+    n, k = 6, 2
+    truth = torch.zeros(n, k, 16, 16, dtype=torch.bool)
+    truth[0, 0, 2:8, 2:8] = True
+    truth[2, 1, :, 10:] = True
+    truth[3, 0, 5:7, :] = True
+    probs = (truth.float() * 0.5 + torch.rand(n, k, 16, 16, generator=gen) * 0.6).clamp(0, 1)
+    gate = torch.rand(n, k, generator=gen)
+    gate[[0, 2, 3]] += 0.5
+    search = ThresholdSearch(
+        pixel_grid=(0.4, 0.6, 0.8), area_grid=(0, 20, 60), gate_grid=(0.0, 0.5, 0.9)
+    )
+    search.update(gate[:3], probs[:3], truth[:3])
+    search.update(gate[3:], probs[3:], truth[3:])
+    best, score = search.best()
+    brute = -1.0
+    for g in search.gate_grid:
+        for per_class in itertools.product(
+            itertools.product(search.pixel_grid, search.area_grid), repeat=k
+        ):
+            t = Thresholds(g, [p for p, _ in per_class], [a for _, a in per_class])
+            brute = max(brute, float(pair_dice(binarize(gate, probs, t), truth).mean()))
+    assert score == pytest.approx(brute, abs=1e-9)
+    assert float(pair_dice(binarize(gate, probs, best), truth).mean()) == pytest.approx(score)
+
+
+def test_gate_scores() -> None:
+    scores = gate_scores(np.array([0.9, 0.8, 0.2, 0.1]), np.array([1, 0, 1, 0]), 0.5)
+    assert scores == {
+        "gate_accuracy": 0.5,
+        "gate_precision": 0.5,
+        "gate_recall": 0.5,
+        "gate_f1": 0.5,
+    }
+
+
+@pytest.mark.parametrize("design", ["separate", "two_heads", "shared_backbone"])
+def test_onnx_flow_matches_eager(design: str, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    net = make(design, seed=1)
+    folder = export_onnx(net, tmp_path / design)
+    x = torch.rand(3, 1, 64, 160)
+    eager_gate, eager_masks = GatedFlow.eager(net)(x, gate_threshold=0.0)
+    onnx_gate, onnx_masks = GatedFlow.onnx(folder, threads=1)(x, gate_threshold=0.0)
+    assert torch.allclose(onnx_gate, eager_gate, atol=1e-4)
+    assert torch.allclose(onnx_masks, eager_masks, atol=1e-4)

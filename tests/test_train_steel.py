@@ -1,0 +1,132 @@
+"""The steel task end to end on tiny strips: every design trains, tunes, bundles, evaluates."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import defects
+from defects.bundle import load_bundle
+from defects.evaluate import evaluate
+from defects.formats.severstal import read_severstal_csv, rle_decode
+from defects.predict import SegmentationPredictor
+from defects.train import train
+from tests.conftest import compose_config, steel_overrides
+
+CLASSES = ["pits", "inclusion", "scratches", "patches"]
+
+
+@pytest.mark.parametrize("design", ["separate", "two_heads", "shared_backbone"])
+@pytest.mark.parametrize("arch", ["unet", "linknet"])
+def test_fast_dev_run_every_design(steel_root: Path, tmp_path: Path, design: str, arch: str):
+    overrides = steel_overrides(steel_root, tmp_path)
+    cfg = compose_config(
+        [
+            *overrides,
+            f"model.net.design={design}",
+            f"model.net.arch={arch}",
+            "trainer.fast_dev_run=true",
+        ]
+    )
+    metrics = train(cfg)
+    assert math.isfinite(metrics["train/loss"])
+    assert 0.0 <= metrics["val/dice"] <= 1.0
+    assert not (tmp_path / "model_dir" / "bundle.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def trained(steel_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("steel_run")
+    base = steel_overrides(steel_root, out)
+    metrics = train(compose_config([*base, "model.net.design=shared_backbone"]))
+    return {"out": out, "base": base, "metrics": metrics}
+
+
+def test_train_tunes_thresholds_into_bundle(trained: dict) -> None:
+    out = trained["out"]
+    bundle = load_bundle(out / "model_dir" / "bundle.pt")
+    assert bundle["model"]["kind"] == "segmenter"
+    assert bundle["class_names"] == CLASSES
+    thresholds = bundle["thresholds"]
+    assert set(thresholds) == {"gate", "pixel", "min_area"}
+    assert len(thresholds["pixel"]) == len(thresholds["min_area"]) == 4
+    report = json.loads((out / "metrics_dir" / "train.json").read_text())
+    assert report["thresholds"] == thresholds
+    assert 0.0 <= report["dice"] <= 1.0 and set(report["dice_per_class"]) == set(CLASSES)
+    for name in ("val_predictions.png", "val_pr_curve.csv", "val_pr_curve.png"):
+        assert (out / "plots_dir" / name).stat().st_size > 0
+    history = json.loads((out / "metrics_dir" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [0, 1] and "val/dice" in history[-1]
+
+
+def test_evaluate_bundle_and_checkpoint_agree_on_format(trained: dict, steel_root: Path) -> None:
+    out = trained["out"]
+    metrics = evaluate(
+        compose_config([*trained["base"], f"ckpt_path={out / 'model_dir' / 'bundle.pt'}"])
+    )
+    assert {"test/dice", "test/dice_defective", "test/gate_f1"} <= set(metrics)
+    report = json.loads((out / "metrics_dir" / "eval.json").read_text())
+    assert report["dice"] == pytest.approx(metrics["test/dice"], abs=1e-6)
+    ckpt = next((out / "model_dir" / "checkpoints").glob("epoch*.ckpt"))
+    from_ckpt = evaluate(compose_config([*trained["base"], f"ckpt_path={ckpt}"]))
+    assert 0.0 <= from_ckpt["test/dice"] <= 1.0
+
+
+def test_evaluate_refuses_a_detector_bundle(trained: dict, tmp_path: Path) -> None:
+    from defects.bundle import save_bundle
+    from defects.config import ConfigError
+
+    fake = save_bundle(
+        tmp_path / "det.pt",
+        task="weld",
+        model={"kind": "detector", "kwargs": {}},
+        state_dict={},
+        class_names=CLASSES,
+        thresholds={},
+        input={},
+    )
+    with pytest.raises(ConfigError, match="detector"):
+        evaluate(compose_config([*trained["base"], f"ckpt_path={fake}"]))
+
+
+def test_predictor_matches_the_evaluated_flow(trained: dict, steel_root: Path) -> None:
+    """defects.load gives the same masks as thresholds applied to the network by hand."""
+    from defects.pipelines.gated import GatedFlow, Thresholds, binarize
+
+    predictor = defects.load(trained["out"] / "model_dir" / "bundle.pt")
+    assert isinstance(predictor, SegmentationPredictor)
+    images = sorted((steel_root / "test" / "images").glob("*.png"))
+    results = predictor.predict_batch(images)
+    assert [r.masks.shape for r in results] == [(4, 64, 320)] * len(images)
+    from defects.data.images import read_image
+
+    batch = torch.stack([torch.from_numpy(read_image(p)).float()[None] / 255 for p in images])
+    gate, probs = GatedFlow.eager(predictor.model)(batch, predictor.thresholds.gate)
+    expected = binarize(gate, probs, predictor.thresholds).numpy()
+    assert np.array_equal(np.stack([r.masks for r in results]), expected)
+    assert isinstance(
+        Thresholds.from_dict(
+            load_bundle(trained["out"] / "model_dir" / "bundle.pt")["thresholds"], 4
+        ),
+        Thresholds,
+    )
+
+
+def test_truth_masks_reach_the_metric(steel_root: Path) -> None:
+    """The loader's masks are exactly the CSV's RLE masks (no shift, no class mix-up)."""
+    from defects.data.segmentation import SegmentationDataModule
+
+    dm = SegmentationDataModule(str(steel_root), CLASSES, shape=[64, 320], num_workers=0)
+    table = read_severstal_csv(steel_root / "valid" / "train.csv", 4, shape=(64, 320))
+    images, masks = next(iter(dm.val_dataloader()))
+    samples = dm.split_samples("valid")
+    for k, sample in enumerate(samples[: len(images)]):
+        for class_id in range(1, 5):
+            rle = table.get(sample.image.name, {}).get(class_id)
+            truth = rle_decode(rle, (64, 320)) if rle else np.zeros((64, 320), bool)
+            assert np.array_equal(masks[k, class_id - 1].numpy().astype(bool), truth)
