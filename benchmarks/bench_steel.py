@@ -6,7 +6,7 @@ designs) on this CPU, step by step, so each engineering step shows what it bough
     python benchmarks/bench_steel.py --bundle models/steel/bundle.pt \
         --bundle models/steel_two_heads/bundle.pt --bundle models/steel_shared/bundle.pt
 
-Each bundle is a trained steel model (`defects.train task=steel model.net.design=...`); the
+Each bundle is a trained steel model (`defects.train task=steel model.design=...`); the
 gate decisions are the model's own, so the defect-free speed-up is real, not assumed.
 Strips are synthetic 1600x256 (generated here, in memory, from a seed; the same strips for
 every row). Timing covers tensor conversion, the gated flow and thresholding (what the line

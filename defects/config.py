@@ -80,9 +80,12 @@ def check_node(node: Mapping[str, Any], key: str) -> None:
         if isinstance(annotation, str) or value is None and parameters[name].default is None:
             continue
         if not _matches(value, annotation):
+            if typing.get_origin(annotation) is Literal:
+                expected = "one of " + ", ".join(map(str, typing.get_args(annotation)))
+            else:
+                expected = getattr(annotation, "__name__", annotation)
             raise ConfigError(
-                f"{key}.{name}: got {value!r} ({type(value).__name__}), "
-                f"expected {getattr(annotation, '__name__', annotation)}"
+                f"{key}.{name}: got {value!r} ({type(value).__name__}), expected {expected}"
             )
 
 

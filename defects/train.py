@@ -93,7 +93,10 @@ def finish_segmentation(
     bundle = save_bundle(
         Path(paths.model_dir) / "bundle.pt",
         task=cfg.task_name,
-        model={"kind": "segmenter", "kwargs": {"num_classes": len(hp.class_names), **hp.net}},
+        model={
+            "kind": "segmenter",
+            "kwargs": {"num_classes": len(hp.class_names), "design": hp.design, **hp.net},
+        },
         state_dict=module.net.state_dict(),
         class_names=list(hp.class_names),
         thresholds=thresholds.as_dict(),

@@ -40,6 +40,15 @@ def test_weld_defaults_are_offline_and_plain() -> None:
     assert cfg.data.class_names == cfg.class_names
 
 
+def test_steel_defaults_are_offline_and_plain() -> None:
+    cfg = compose_config(["task=steel"])
+    validate_config(cfg)
+    assert cfg.task_name == "steel" and cfg.data.layout == "severstal"
+    assert cfg.model.net.encoder_weights is None and cfg.model.net.gate_weights is None
+    assert cfg.model.design in ("separate", "two_heads", "shared_backbone")
+    assert cfg.prepare._target_.endswith("generate_steel_dataset")
+
+
 def test_override_values_reach_the_objects() -> None:
     cfg = compose_config(
         ["task=weld", "data.batch_size=4", "trainer.max_epochs=2", "trainer.precision=bf16-mixed"]

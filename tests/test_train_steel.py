@@ -28,7 +28,7 @@ def test_fast_dev_run_every_design(steel_root: Path, tmp_path: Path, design: str
     cfg = compose_config(
         [
             *overrides,
-            f"model.net.design={design}",
+            f"model.design={design}",
             f"model.net.arch={arch}",
             "trainer.fast_dev_run=true",
         ]
@@ -39,11 +39,32 @@ def test_fast_dev_run_every_design(steel_root: Path, tmp_path: Path, design: str
     assert not (tmp_path / "model_dir" / "bundle.pt").exists()
 
 
+def test_mask_folder_layout_trains_by_config(tmp_path: Path) -> None:
+    """Mixed-size images with index masks (the magnetic-tile path) train via data.* alone."""
+    from tests.test_segmentation_data import masks_dataset
+
+    root = masks_dataset(tmp_path / "tiles", [(40, 60), (50, 50), (33, 70), (64, 64)])
+    overrides = [o for o in steel_overrides(root, tmp_path) if not o.startswith("data.")]
+    cfg = compose_config(
+        [
+            *overrides,
+            "data.layout=masks",
+            "data.resize=[64,64]",
+            "data.crop=null",
+            "data.batch_size=2",
+            "class_names=[a,b]",
+            "trainer.fast_dev_run=true",
+        ]
+    )
+    metrics = train(cfg)
+    assert math.isfinite(metrics["train/loss"])
+
+
 @pytest.fixture(scope="module")
 def trained(steel_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("steel_run")
     base = steel_overrides(steel_root, out)
-    metrics = train(compose_config([*base, "model.net.design=shared_backbone"]))
+    metrics = train(compose_config([*base, "model.design=shared_backbone"]))
     return {"out": out, "base": base, "metrics": metrics}
 
 

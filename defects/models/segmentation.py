@@ -11,7 +11,7 @@ second shows progress. The train stage tunes the thresholds at the end.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -30,6 +30,7 @@ class SegmentationModule(L.LightningModule):
         self,
         class_names: list[str],
         net: dict[str, Any],
+        design: Literal["separate", "two_heads", "shared_backbone"] = "separate",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         warmup_steps: int = 50,
@@ -42,7 +43,7 @@ class SegmentationModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.class_names = list(class_names)
-        self.net = Segmenter(len(self.class_names), **net)
+        self.net = Segmenter(len(self.class_names), design=design, **net)
         if pos_weight is not None and len(pos_weight) != len(self.class_names):
             raise ValueError(
                 f"model.pos_weight: {len(pos_weight)} values for {len(self.class_names)} classes"

@@ -154,7 +154,7 @@ class Segmenter(nn.Module):
     ):
         super().__init__()
         if design not in DESIGNS:
-            raise ValueError(f"model.net.design: '{design}' is not one of {', '.join(DESIGNS)}")
+            raise ValueError(f"model.design: '{design}' is not one of {', '.join(DESIGNS)}")
         if arch not in ARCHS:
             raise ValueError(f"model.net.arch: '{arch}' is not one of {', '.join(ARCHS)}")
         if not 0 < input_scale <= 1 or not (1 / input_scale).is_integer():
