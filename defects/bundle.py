@@ -19,6 +19,22 @@ BUNDLE_VERSION = 1
 REQUIRED_KEYS = ("task", "model", "class_names", "thresholds", "input", "state_dict")
 
 
+PLAIN = (str, int, float, bool, type(None), torch.Tensor)
+
+
+def check_plain(value: Any, where: str = "bundle") -> None:
+    """Refuse anything `torch.load(weights_only=True)` would refuse (e.g. an OmegaConf list),
+    at save time, naming the key, instead of a bundle that cannot be read back."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_plain(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_plain(item, f"{where}[{index}]")
+    elif not isinstance(value, PLAIN):
+        raise TypeError(f"{where}: {type(value).__name__} is not a plain value")
+
+
 def save_bundle(
     path: str | Path,
     *,
@@ -44,6 +60,7 @@ def save_bundle(
         "metrics": dict(metrics or {}),
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
     }
+    check_plain({k: v for k, v in bundle.items() if k != "state_dict"})
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(bundle, tmp)
     os.replace(tmp, path)

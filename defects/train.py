@@ -100,7 +100,10 @@ def finish_segmentation(
         state_dict=module.net.state_dict(),
         class_names=list(hp.class_names),
         thresholds=thresholds.as_dict(),
-        input={"channels": int(cfg.data.channels), "resize": cfg.data.get("resize")},
+        input={
+            "channels": int(cfg.data.channels),
+            "resize": [int(v) for v in cfg.data.resize] if cfg.data.get("resize") else None,
+        },
         metrics=report.metrics,
     )
     return report.metrics, outputs, bundle

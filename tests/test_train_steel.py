@@ -151,3 +151,17 @@ def test_truth_masks_reach_the_metric(steel_root: Path) -> None:
             rle = table.get(sample.image.name, {}).get(class_id)
             truth = rle_decode(rle, (64, 320)) if rle else np.zeros((64, 320), bool)
             assert np.array_equal(masks[k, class_id - 1].numpy().astype(bool), truth)
+
+
+def test_bundle_refuses_values_weights_only_cannot_read(tmp_path: Path) -> None:
+    """An OmegaConf list (e.g. data.resize passed through) would make an unreadable bundle."""
+    from omegaconf import ListConfig
+
+    from defects.bundle import save_bundle
+
+    with pytest.raises(TypeError, match=r"bundle.input.resize: ListConfig"):
+        save_bundle(
+            tmp_path / "b.pt", task="steel", model={}, state_dict={}, class_names=[],
+            thresholds={}, input={"resize": ListConfig([224, 224])},
+        )
+    assert not (tmp_path / "b.pt").exists()

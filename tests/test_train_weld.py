@@ -96,11 +96,12 @@ def test_bundle_predictor_matches_the_model(trained: dict, weld_root: Path) -> N
     assert detections.boxes.shape == (len(detections), 4)
     assert set(detections.labels) <= set(CLASSES)
     # One inference path: the predictor's output is the detector's forward on the same pixels.
-    from defects.evaluate import load_detector
+    from defects.evaluate import load_network
+    from defects.predict import image_tensor
 
-    detector, _ = load_detector(bundle_path)
+    detector, _, _ = load_network(bundle_path, segmentation=False)
     detector.eval()
-    tensor = predictor._to_tensor(image)
+    tensor = image_tensor(image, predictor.channels)
     with torch.inference_mode():
         direct = detector([tensor])[0]
     np.testing.assert_allclose(detections.scores, direct["scores"].numpy(), rtol=1e-5)
