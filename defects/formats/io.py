@@ -18,11 +18,10 @@ def _sibling(path: Path, tag: str) -> Path:
     return path.with_name(f".{path.name}.{tag}-{secrets.token_hex(4)}")
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write UTF-8 `text` to a temp file in the same directory, fsync, then os.replace it in.
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to a temp file in the same directory, fsync, then os.replace it in.
 
     Readers see either the old file or the complete new one. Parent directories are created.
-    Newlines are written as given (no platform translation) so label files are byte-stable.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -31,8 +30,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     # (tempfile.mkstemp would force 0o600 on the final file).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -40,6 +39,14 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Atomically write UTF-8 `text` (see atomic_write_bytes).
+
+    Newlines are written as given (no platform translation) so label files are byte-stable.
+    """
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _remove(path: Path) -> None:

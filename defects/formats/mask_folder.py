@@ -13,7 +13,6 @@ masks, a stratified seeded split and unique output stems.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
@@ -28,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from defects.formats.errors import FormatError, SkipReport, handle
-from defects.formats.io import _sibling, atomic_directory
+from defects.formats.io import atomic_directory, atomic_write_bytes
 from defects.formats.voc import SPLITS, _check_split, _is_within, _split_counts
 
 __all__ = [
@@ -165,21 +164,7 @@ def write_index_mask(path: str | os.PathLike[str], mask: np.ndarray) -> None:
     Readers never see a half-written mask; parent directories are created. The PNG is encoded
     in memory first so a bad array fails before anything touches the disk.
     """
-    data = _png_bytes(mask)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(target, "tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    atomic_write_bytes(path, _png_bytes(mask))
 
 
 # --------------------------------------------------------------------------- class mapping
