@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from defects.metrics.segmentation import pair_dice
-from defects.models.segmenter import Segmenter
+from defects.models.segmentation import gate_targets
+from defects.models.segmenter import Segmenter, rescale
 from defects.pipelines.gated import (
     GatedFlow,
     Thresholds,
@@ -37,8 +38,20 @@ def one_thread():
 
 
 def make(design: str, seed: int = 0) -> Segmenter:
+    """A random network whose BatchNorm statistics come from one batch of images: with the
+    initial statistics every activation is ~1e-5 and all images get the same gate score."""
     torch.manual_seed(seed)
-    return Segmenter(3, design=design, **TINY).eval()
+    net = Segmenter(3, design=design, **TINY)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.momentum = 1.0
+    with torch.no_grad():
+        net.train()(torch.rand(4, 1, 64, 96))
+    for m in norms:
+        m.momentum = 0.1
+    if net.gate is not None:  # keep the gate's max-over-cells logits out of sigmoid saturation
+        net.gate.head.weight.data *= 0.01
+    return net.eval()
 
 
 @pytest.mark.parametrize("design", ["separate", "two_heads", "shared_backbone"])
@@ -46,10 +59,12 @@ def test_ungated_flow_equals_forward(design: str) -> None:
     """With no gate threshold the flow is the network's own forward pass (after sigmoid)."""
     net = make(design)
     x = torch.rand(3, 1, 64, 96)
-    gate, masks = GatedFlow.eager(net)(x)
+    flow = GatedFlow.eager(net)
+    gate, masks = flow(x)
     with torch.inference_mode():
         out = net(x)
     assert torch.allclose(masks, torch.sigmoid(out["mask_logits"]), atol=1e-5)
+    assert torch.allclose(flow.ungated(x), masks, atol=1e-5)  # the segmenter alone
     assert torch.allclose(gate, torch.sigmoid(out["gate_logits"]), atol=1e-5)
 
 
@@ -113,14 +128,13 @@ def test_threshold_search_matches_brute_force() -> None:
     probs = (truth.float() * 0.5 + torch.rand(n, k, 16, 16, generator=gen) * 0.6).clamp(0, 1)
     gate = torch.rand(n, k, generator=gen)
     gate[[0, 2, 3]] += 0.5
-    search = ThresholdSearch(
-        pixel_grid=(0.4, 0.6, 0.8), area_grid=(0, 20, 60), gate_grid=(0.0, 0.5, 0.9)
-    )
+    search = ThresholdSearch(pixel_grid=(0.4, 0.6, 0.8), area_grid=(0, 20, 60), gate_cuts=3)
     search.update(gate[:3], probs[:3], truth[:3])
     search.update(gate[3:], probs[3:], truth[3:])
     best, score = search.best()
     brute = -1.0
-    for g in search.gate_grid:
+    assert len(search.gate_candidates()) == 4  # 0 and 3 of the 5 cuts between 6 scores
+    for g in search.gate_candidates():
         for per_class in itertools.product(
             itertools.product(search.pixel_grid, search.area_grid), repeat=k
         ):
@@ -128,6 +142,25 @@ def test_threshold_search_matches_brute_force() -> None:
             brute = max(brute, float(pair_dice(binarize(gate, probs, t), truth).mean()))
     assert score == pytest.approx(brute, abs=1e-9)
     assert float(pair_dice(binarize(gate, probs, best), truth).mean()) == pytest.approx(score)
+
+
+def test_threshold_search_cuts_between_badly_calibrated_gate_scores() -> None:
+    """A gate that orders strips right but scores them all within 0.13-0.32 still gets a
+    threshold that rejects the defect-free ones: the search cuts between observed scores."""
+    n, k = 8, 1
+    truth = torch.zeros(n, k, 8, 8, dtype=torch.bool)
+    truth[:3, 0, 2:6, 2:6] = True
+    probs = truth.float() * 0.9
+    gate = torch.tensor([0.30, 0.31, 0.32, 0.13, 0.14, 0.15, 0.16, 0.17]).view(n, k)
+    search = ThresholdSearch(pixel_grid=(0.5,), area_grid=(0,))
+    search.update(gate, probs, truth)
+    best, score = search.best()
+    assert score == pytest.approx(1.0)
+    assert best.gate == pytest.approx(0.235)  # midway between the two groups
+    assert float(pair_dice(binarize(gate, probs, best), truth).mean()) == pytest.approx(1.0)
+    many = ThresholdSearch(gate_cuts=5)
+    many.update(torch.rand(50, 1), torch.zeros(50, 1, 4, 4), torch.zeros(50, 1, 4, 4))
+    assert len(many.gate_candidates()) == 6
 
 
 def test_gate_scores() -> None:
@@ -142,7 +175,6 @@ def test_gate_scores() -> None:
 
 @pytest.mark.parametrize("design", ["separate", "two_heads", "shared_backbone"])
 def test_onnx_flow_matches_eager(design: str, tmp_path) -> None:
-    pytest.importorskip("onnxruntime")
     net = make(design, seed=1)
     folder = export_onnx(net, tmp_path / design)
     x = torch.rand(3, 1, 64, 160)
@@ -150,3 +182,36 @@ def test_onnx_flow_matches_eager(design: str, tmp_path) -> None:
     onnx_gate, onnx_masks = GatedFlow.onnx(folder, threads=1)(x, gate_threshold=0.0)
     assert torch.allclose(onnx_gate, eager_gate, atol=1e-4)
     assert torch.allclose(onnx_masks, eager_masks, atol=1e-4)
+
+
+def test_downscaling_averages_blocks_so_thin_lines_survive() -> None:
+    """At 1/4 bilinear sampling reads 2 of every 4 rows and loses a 1-pixel scratch; the
+    gate's block average keeps it (at a quarter of its contrast). Pairs scale H and W apart."""
+    x = torch.zeros(1, 1, 16, 32)
+    x[..., 4, :] = 1.0  # a 1-pixel horizontal scratch on a row bilinear never reads
+    bilinear = torch.nn.functional.interpolate(x, scale_factor=0.25, mode="bilinear")
+    assert bilinear.max() == 0
+    assert torch.allclose(rescale(x, 0.25)[..., 1, :], torch.full((8,), 0.25))
+    wide = rescale(x, (0.5, 0.125))
+    assert wide.shape[-2:] == (8, 4)
+    assert torch.allclose(wide[..., 2, :], torch.full((4,), 0.5))
+    assert rescale(x, 1.0) is x
+
+
+def test_separate_gate_is_trained_per_cell_of_its_grid() -> None:
+    """The `separate` gate scores cells; its image logit is the best cell, and its targets
+    are the masks max-pooled onto the cells (other designs: one target per image)."""
+    net = make("separate")
+    x = torch.rand(2, 1, 64, 192)
+    out = net(x)
+    grid = out["gate_grid"]
+    assert grid.shape[:2] == (2, 3)
+    assert torch.allclose(out["gate_logits"], grid.amax(dim=(2, 3)))
+    masks = torch.zeros(2, 3, 64, 192)
+    masks[0, 1, :4, :4] = 1  # top-left corner of image 0, class 1
+    logits, targets = gate_targets(out, masks)
+    assert logits.shape == targets.shape == grid.shape
+    assert targets[0, 1, 0, 0] == 1 and targets.sum() == 1
+    shared = make("shared_backbone")(x)
+    logits, targets = gate_targets(shared, masks)
+    assert targets.tolist() == [[0, 1, 0], [0, 0, 0]]

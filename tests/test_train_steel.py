@@ -161,7 +161,12 @@ def test_bundle_refuses_values_weights_only_cannot_read(tmp_path: Path) -> None:
 
     with pytest.raises(TypeError, match=r"bundle.input.resize: ListConfig"):
         save_bundle(
-            tmp_path / "b.pt", task="steel", model={}, state_dict={}, class_names=[],
-            thresholds={}, input={"resize": ListConfig([224, 224])},
+            tmp_path / "b.pt",
+            task="steel",
+            model={},
+            state_dict={},
+            class_names=[],
+            thresholds={},
+            input={"resize": ListConfig([224, 224])},
         )
     assert not (tmp_path / "b.pt").exists()

@@ -2,7 +2,8 @@
 
 Loss = pixel BCE (optional per-class positive weights) + smp's multilabel Dice loss (per class
 over the batch, classes absent from the batch left out, so empty crops do not drown the
-defects) + BCE of the gate against "this class is present in the crop". Validation scores
+defects) + BCE of the gate against "this class is present in the crop" (or, for the
+`separate` gate, in each cell of its coarse grid). Validation scores
 Kaggle Dice through the gate at the configured thresholds (`val/dice*`) and of the segmenter
 alone (`val/seg_dice*`, the gate ignored): early in training the gate is closed and only the
 second shows progress. The train stage tunes the thresholds at the end.
@@ -21,6 +22,17 @@ from segmentation_models_pytorch.losses import DiceLoss
 from defects.metrics.segmentation import SeverstalDice
 from defects.models.segmenter import Segmenter
 from defects.pipelines.gated import Thresholds, binarize, gate_scores, pad_to_stride
+
+
+def gate_targets(
+    out: dict[str, torch.Tensor], masks: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gate logits, 0/1 targets): per cell of the gate's grid where the network has one
+    (the masks max-pooled onto it), else per image ("this class is in the crop")."""
+    grid = out.get("gate_grid")
+    if grid is None:
+        return out["gate_logits"].float(), masks.flatten(2).amax(-1)
+    return grid.float(), F.adaptive_max_pool2d(masks, grid.shape[-2:])
 
 
 class SegmentationModule(L.LightningModule):
@@ -67,8 +79,7 @@ class SegmentationModule(L.LightningModule):
         logits = out["mask_logits"].float()
         bce = F.binary_cross_entropy_with_logits(logits, masks, pos_weight=self.pos_weight)
         dice = self.dice_loss(logits, masks)
-        present = masks.flatten(2).amax(-1)
-        gate = F.binary_cross_entropy_with_logits(out["gate_logits"].float(), present)
+        gate = F.binary_cross_entropy_with_logits(*gate_targets(out, masks))
         hp = self.hparams
         total = bce + hp.dice_weight * dice + hp.gate_weight * gate
         return {"loss": total, "bce": bce, "dice": dice, "gate": gate}

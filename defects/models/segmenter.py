@@ -14,12 +14,12 @@ stride lives in the flow.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from segmentation_models_pytorch.base import ClassificationHead
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
@@ -47,14 +47,21 @@ def _weights(name: str | None) -> tuple[str | None, str | None]:
 
 
 class GatePart(nn.Module):
-    """`separate` design's classifier: image -> gate logits [N, K], on a downscaled copy."""
+    """`separate` design's classifier: image -> gate logits [N, K], on a downscaled copy.
+
+    Its head scores every cell of the deepest feature map (a 1x1 convolution) and the image
+    logit is the highest cell. Training supervises the cells against a coarse presence grid
+    of the masks (`grid`), many labels per crop instead of one: an EfficientNet trained from
+    scratch on a few hundred crops learns to find small defects that way, and the max over
+    cells carries from training crops to whole strips unchanged.
+    """
 
     def __init__(
         self,
         encoder: str,
         in_channels: int,
         num_classes: int,
-        scale: float,
+        scale: float | Sequence[float],
         norm: Normalize,
         weights: str | None = None,
     ):
@@ -63,21 +70,31 @@ class GatePart(nn.Module):
         self.norm = norm
         self.scale = scale
         self.encoder = get_encoder(encoder, in_channels=in_channels, depth=5, weights=hub)
-        self.head = ClassificationHead(self.encoder.out_channels[-1], num_classes, pooling="max")
+        self.head = nn.Conv2d(self.encoder.out_channels[-1], num_classes, kernel_size=1)
         if local:
             load_local_weights(self, local)
 
+    def grid(self, x: torch.Tensor) -> torch.Tensor:
+        """Cell logits [N, K, h, w], one cell per encoder-stride block of the scaled image."""
+        return self.head(self.encoder(self.norm(rescale(x, self.scale)))[-1])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.scale != 1.0:
-            x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        return self.head(self.encoder(self.norm(x))[-1])
+        return self.grid(x).amax(dim=(2, 3))
 
 
-def rescale(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Bilinear resize by `scale` (identity at 1): the CPU budget knob for the segmenter."""
-    if scale == 1.0:
+def rescale(x: torch.Tensor, scale: float | Sequence[float]) -> torch.Tensor:
+    """Resize by `scale` (identity at 1): the CPU budget knob for the gate and the segmenter.
+
+    Shrinking by 1/n averages n x n blocks: bilinear sampling at 1/4 reads only 2 of every 4
+    rows, so a 2-pixel scratch can vanish from the gate's view (at 1/2 both are the same).
+    Growing (the masks back to full size) is bilinear. A pair is (height, width) scales.
+    """
+    sy, sx = (float(scale[0]), float(scale[1])) if isinstance(scale, Sequence) else (scale,) * 2
+    if sy == sx == 1.0:
         return x
-    return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+    if sy <= 1 and sx <= 1 and (1 / sy).is_integer() and (1 / sx).is_integer():
+        return F.avg_pool2d(x, (int(1 / sy), int(1 / sx)))
+    return F.interpolate(x, scale_factor=(sy, sx), mode="bilinear", align_corners=False)
 
 
 class SegmentPart(nn.Module):
@@ -131,7 +148,8 @@ class Segmenter(nn.Module):
     """Builds the design's networks; `forward` is the training/validation view of them.
 
     `forward(x)` returns {"mask_logits": [N, K, H, W], "gate_logits": [N, K]} for every image
-    (no gating), which the loss and the threshold tuning need. Gated inference is
+    (no gating), which the loss and the threshold tuning need; `separate` adds
+    "gate_grid" [N, K, h, w], the gate's cell logits. Gated inference is
     `defects.pipelines.gated.GatedFlow`, which runs `parts()`.
     """
 
@@ -145,7 +163,7 @@ class Segmenter(nn.Module):
         decoder_channels: list[int] | None = None,
         encoder_weights: str | None = None,
         gate_encoder: str = "timm-efficientnet-b1",
-        gate_scale: float = 0.5,
+        gate_scale: float | list[float] = 0.5,
         gate_weights: str | None = None,
         input_scale: float = 1.0,
         in_channels: int = 1,
@@ -203,5 +221,6 @@ class Segmenter(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = SegmentPart(self.model, self.norm, self.input_scale)(x)
         if self.design == "separate":
-            return {"mask_logits": out, "gate_logits": self.gate(x)}
+            grid = self.gate.grid(x)
+            return {"mask_logits": out, "gate_logits": grid.amax(dim=(2, 3)), "gate_grid": grid}
         return {"mask_logits": out[0], "gate_logits": out[1]}

@@ -97,6 +97,16 @@ class GatedFlow:
                 masks[keep] = torch.sigmoid(self.parts["decode"](*[f[keep] for f in features]))
         return gate, masks[..., :height, :width]
 
+    @torch.inference_mode()
+    def ungated(self, images: torch.Tensor) -> torch.Tensor:
+        """Mask probs from the segmenter alone, no gate at all: the baseline a gate must beat
+        (`separate` skips its classifier here; the other designs' gate heads cost ~nothing)."""
+        if self.design != "separate":
+            return self(images)[1]
+        height, width = images.shape[-2:]
+        masks = torch.sigmoid(self.parts["segment"](pad_to_stride(images, self.stride)))
+        return masks[..., :height, :width]
+
     @staticmethod
     def _keep(gate: torch.Tensor, threshold: float | None) -> torch.Tensor:
         if threshold is None:
@@ -205,11 +215,18 @@ def binarize(gate: torch.Tensor, masks: torch.Tensor, thresholds: Thresholds) ->
 @dataclass
 class ThresholdSearch:
     """Collects per-pair statistics on validation data, then picks the thresholds with the
-    best Kaggle Dice on a grid: only counts are kept (no probability maps), so it streams."""
+    best Kaggle Dice on a grid: only counts are kept (no probability maps), so it streams.
+
+    Gate thresholds tried: 0 (all pass) and cuts midway between neighbouring observed gate
+    scores (at most `gate_cuts`, spread over the score quantiles), each as far as possible from
+    the strips on both sides of it. A gate trained from scratch is often badly calibrated
+    (every strip between 0.13 and 0.32, say) yet well ordered; a fixed 0.1 grid would see
+    only "all pass" there.
+    """
 
     pixel_grid: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
     area_grid: Sequence[int] = (0, 64, 256, 512, 1024, 2048, 4096)
-    gate_grid: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    gate_cuts: int = 64
     counts: list[torch.Tensor] = field(default_factory=list)
     overlaps: list[torch.Tensor] = field(default_factory=list)
     truths: list[torch.Tensor] = field(default_factory=list)
@@ -239,12 +256,20 @@ class ThresholdSearch:
         total = pred + truth
         return torch.where(total == 0, torch.ones_like(total), 2 * inter / total.clamp(min=1))
 
+    def gate_candidates(self) -> list[float]:
+        """0 and the midpoints between neighbouring observed gate scores, ascending."""
+        scores = torch.unique(torch.cat(self.gates))  # sorted
+        cuts = (scores[1:] + scores[:-1]) / 2
+        if len(cuts) > self.gate_cuts:
+            cuts = cuts[torch.linspace(0, len(cuts) - 1, self.gate_cuts).round().long()]
+        return sorted({0.0} | {round(float(c), 6) for c in cuts})
+
     def best(self) -> tuple[Thresholds, float]:
         """The grid point with the highest mean pair Dice (gate shared, the rest per class)."""
         if not self.counts:
             raise ValueError("threshold search saw no images")
         best: tuple[float, Thresholds] | None = None
-        for gate_threshold in self.gate_grid:
+        for gate_threshold in self.gate_candidates():
             per_class = self.pair_dice(gate_threshold).mean(0)  # [K, T, A]
             flat = per_class.flatten(1)
             scores, index = flat.max(1)
