@@ -11,7 +11,8 @@ gate decisions are the model's own, so the defect-free speed-up is real, not ass
 Strips are synthetic 1600x256 (generated here, in memory, from a seed; the same strips for
 every row). Timing covers tensor conversion, the gated flow and thresholding (what the line
 runs after a frame is in memory), not PNG decoding. "ungated" is the segmenter alone (no
-gate at all); "x ungated" compares each row with the ungated row of the same backend. Dice
+gate at all); "x ungated" compares each row with the ungated row of the same backend and
+batch size. Dice
 is the Kaggle mean over the validation split of `--data`, for each row, against the eager
 fp32 flow of the same bundle.
 """
@@ -113,18 +114,19 @@ def main() -> None:
                 ("gated eager, batch 1", eager, thresholds, 1),
                 ("ungated ONNX Runtime, batch 1", onnx, None, 1),
                 ("gated ONNX Runtime, batch 1", onnx, thresholds, 1),
+                (f"ungated ONNX Runtime, batch {args.batch}", onnx, None, args.batch),
                 (f"gated ONNX Runtime, batch {args.batch}", onnx, thresholds, args.batch),
             ]
             reference = dice_of(eager, net, names, thresholds, Path(args.data))
             dice_onnx = dice_of(onnx, net, names, thresholds, Path(args.data))
-            ungated: dict[int, tuple[float, float]] = {}  # per backend: (clean, mixed) s
+            ungated: dict[tuple, tuple[float, float]] = {}  # (backend, batch): (clean, mixed) s
             for step, flow, th, batch in rows:
                 run(flow, th, clean[: max(batch, 2)], batch)  # warm-up
                 t_clean, p_clean = run(flow, th, clean, batch)
                 t_mixed, p_mixed = run(flow, th, mixed, batch)
                 if th is None:
-                    ungated[id(flow)] = (t_clean, t_mixed)
-                base_clean, base_mixed = ungated[id(flow)]
+                    ungated[id(flow), batch] = (t_clean, t_mixed)
+                base_clean, base_mixed = ungated[id(flow), batch]
                 dice = dice_onnx if flow is onnx else reference
                 print(
                     f"| {net.design} | {step} | {t_clean:.1f} | {len(clean) / t_clean:.1f} | "
