@@ -12,9 +12,8 @@ Strips are synthetic 1600x256 (generated here, in memory, from a seed; the same 
 every row). Timing covers tensor conversion, the gated flow and thresholding (what the line
 runs after a frame is in memory), not PNG decoding. "ungated" is the segmenter alone (no
 gate at all); "x ungated" compares each row with the ungated row of the same backend and
-batch size. Dice
-is the Kaggle mean over the validation split of `--data`, for each row, against the eager
-fp32 flow of the same bundle.
+batch size. Dice is the Kaggle mean over the validation split of `--data`, for each row,
+against the eager fp32 flow of the same bundle.
 """
 
 from __future__ import annotations
