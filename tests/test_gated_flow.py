@@ -170,7 +170,9 @@ def test_gate_scores() -> None:
         "gate_precision": 0.5,
         "gate_recall": 0.5,
         "gate_f1": 0.5,
+        "gate_auroc": 0.75,  # 3 of the 4 (defective, clean) pairs ordered right
     }
+    assert "gate_auroc" not in gate_scores(np.array([0.9, 0.1]), np.array([0, 0]), 0.5)
 
 
 @pytest.mark.parametrize("design", ["separate", "two_heads", "shared_backbone"])
@@ -215,3 +217,33 @@ def test_separate_gate_is_trained_per_cell_of_its_grid() -> None:
     shared = make("shared_backbone")(x)
     logits, targets = gate_targets(shared, masks)
     assert targets.tolist() == [[0, 1, 0], [0, 0, 0]]
+
+
+def test_gate_cells_are_labelled_by_the_pixels_they_cover() -> None:
+    """At scale [0.5, 0.125] a cell covers 64 x 256 input pixels; a 256 x 320 training crop
+    gives a 4 x 2 grid whose second column holds only pixels 256..319. A defect at pixel 200
+    is in the first column (an even split of the crop over 2 columns would put it in the
+    second), and one at the bottom right corner is in the last cell."""
+    torch.manual_seed(0)
+    net = Segmenter(3, design="separate", **{**TINY, "gate_scale": [0.5, 0.125]}).eval()
+    assert net.gate.cell == (64, 256)
+    x = torch.rand(1, 1, 256, 320)
+    with torch.no_grad():
+        out = net(x)
+    assert out["gate_grid"].shape[-2:] == (4, 2)
+    masks = torch.zeros(1, 3, 256, 320)
+    masks[0, 0, 100, 200] = 1
+    masks[0, 2, 255, 319] = 1
+    _, targets = gate_targets(out, masks, net.gate.cell)
+    assert targets.shape == (1, 3, 4, 2)
+    assert targets[0, 0].nonzero().tolist() == [[1, 0]]
+    assert targets[0, 2].nonzero().tolist() == [[3, 1]]
+    assert targets.sum() == 2
+    shallow = Segmenter(3, design="separate", **TINY, gate_scale=[0.5, 0.125], gate_depth=3)
+    assert shallow.gate.cell == (16, 64)  # stride 8: a 16 x 5 grid on the same crop
+    with torch.no_grad():
+        grid = shallow.eval()(x)["gate_grid"]
+    _, targets = gate_targets({"gate_grid": grid}, masks, shallow.gate.cell)
+    assert grid.shape[-2:] == (16, 5)
+    assert targets[0, 0].nonzero().tolist() == [[6, 3]]  # pixel (100, 200)
+    assert targets[0, 2].nonzero().tolist() == [[15, 4]]

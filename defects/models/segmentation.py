@@ -25,14 +25,28 @@ from defects.pipelines.gated import Thresholds, binarize, gate_scores, pad_to_st
 
 
 def gate_targets(
-    out: dict[str, torch.Tensor], masks: torch.Tensor
+    out: dict[str, torch.Tensor], masks: torch.Tensor, cell: tuple[float, float] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gate logits, 0/1 targets): per cell of the gate's grid where the network has one
-    (the masks max-pooled onto it), else per image ("this class is in the crop")."""
+    """(gate logits, 0/1 targets): per cell of the gate's grid where the network has one,
+    else per image ("this class is in the crop").
+
+    A cell's target is "the class is in the block of `cell` input pixels the cell covers":
+    the masks zero-padded to whole cells and max-pooled block by block. Splitting the crop
+    evenly over the grid instead (adaptive pooling) misplaces labels whenever the last cell
+    hangs past the image edge, as it does for a 320-px crop under 256-px cells.
+    """
     grid = out.get("gate_grid")
     if grid is None:
         return out["gate_logits"].float(), masks.flatten(2).amax(-1)
-    return grid.float(), F.adaptive_max_pool2d(masks, grid.shape[-2:])
+    if cell is None:
+        return grid.float(), F.adaptive_max_pool2d(masks, grid.shape[-2:])
+    (rows, cols), (cy, cx) = grid.shape[-2:], cell
+    covered = (round(rows * cy), round(cols * cx))  # input pixels the whole grid spans
+    masks = masks[..., : covered[0], : covered[1]]
+    masks = F.pad(masks, (0, covered[1] - masks.shape[-1], 0, covered[0] - masks.shape[-2]))
+    if float(cy).is_integer() and float(cx).is_integer():
+        return grid.float(), F.max_pool2d(masks, (int(cy), int(cx)))
+    return grid.float(), F.adaptive_max_pool2d(masks, (rows, cols))
 
 
 class SegmentationModule(L.LightningModule):
@@ -79,7 +93,8 @@ class SegmentationModule(L.LightningModule):
         logits = out["mask_logits"].float()
         bce = F.binary_cross_entropy_with_logits(logits, masks, pos_weight=self.pos_weight)
         dice = self.dice_loss(logits, masks)
-        gate = F.binary_cross_entropy_with_logits(*gate_targets(out, masks))
+        cell = self.net.gate.cell if self.net.gate is not None else None
+        gate = F.binary_cross_entropy_with_logits(*gate_targets(out, masks, cell))
         hp = self.hparams
         total = bce + hp.dice_weight * dice + hp.gate_weight * gate
         return {"loss": total, "bce": bce, "dice": dice, "gate": gate}

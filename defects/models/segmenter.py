@@ -49,11 +49,13 @@ def _weights(name: str | None) -> tuple[str | None, str | None]:
 class GatePart(nn.Module):
     """`separate` design's classifier: image -> gate logits [N, K], on a downscaled copy.
 
-    Its head scores every cell of the deepest feature map (a 1x1 convolution) and the image
-    logit is the highest cell. Training supervises the cells against a coarse presence grid
-    of the masks (`grid`), many labels per crop instead of one: an EfficientNet trained from
-    scratch on a few hundred crops learns to find small defects that way, and the max over
-    cells carries from training crops to whole strips unchanged.
+    Its head scores every cell of the last feature map it computes (a 1x1 convolution) and
+    the image logit is the highest cell. Training supervises the cells against a coarse
+    presence grid of the masks (`grid`, `cell`), many labels per crop instead of one: an
+    EfficientNet trained from scratch on a few hundred crops learns to find small defects
+    that way, and the max over cells carries from training crops to whole strips unchanged.
+    `depth` (encoder stages kept) sets the cell size: fewer stages give finer cells, more
+    labels and a cheaper gate.
     """
 
     def __init__(
@@ -64,15 +66,25 @@ class GatePart(nn.Module):
         scale: float | Sequence[float],
         norm: Normalize,
         weights: str | None = None,
+        depth: int = 5,
     ):
         super().__init__()
         hub, local = _weights(weights)
         self.norm = norm
         self.scale = scale
-        self.encoder = get_encoder(encoder, in_channels=in_channels, depth=5, weights=hub)
+        self.encoder = get_encoder(encoder, in_channels=in_channels, depth=depth, weights=hub)
         self.head = nn.Conv2d(self.encoder.out_channels[-1], num_classes, kernel_size=1)
         if local:
             load_local_weights(self, local)
+
+    @property
+    def cell(self) -> tuple[float, float]:
+        """(height, width) in input pixels that one grid cell covers: the encoder's stride at
+        the gate's scale (64 x 256 for stride 32 at [0.5, 0.125]). The last cell of an axis
+        may reach past the image (the encoder rounds odd sizes up)."""
+        sy, sx = _pair(self.scale)
+        stride = self.encoder.output_stride
+        return stride / sy, stride / sx
 
     def grid(self, x: torch.Tensor) -> torch.Tensor:
         """Cell logits [N, K, h, w], one cell per encoder-stride block of the scaled image."""
@@ -82,6 +94,13 @@ class GatePart(nn.Module):
         return self.grid(x).amax(dim=(2, 3))
 
 
+def _pair(scale: float | Sequence[float]) -> tuple[float, float]:
+    """A scale as (height, width) factors."""
+    if isinstance(scale, Sequence) and not isinstance(scale, str):
+        return float(scale[0]), float(scale[1])
+    return float(scale), float(scale)
+
+
 def rescale(x: torch.Tensor, scale: float | Sequence[float]) -> torch.Tensor:
     """Resize by `scale` (identity at 1): the CPU budget knob for the gate and the segmenter.
 
@@ -89,7 +108,7 @@ def rescale(x: torch.Tensor, scale: float | Sequence[float]) -> torch.Tensor:
     rows, so a 2-pixel scratch can vanish from the gate's view (at 1/2 both are the same).
     Growing (the masks back to full size) is bilinear. A pair is (height, width) scales.
     """
-    sy, sx = (float(scale[0]), float(scale[1])) if isinstance(scale, Sequence) else (scale,) * 2
+    sy, sx = _pair(scale)
     if sy == sx == 1.0:
         return x
     if sy <= 1 and sx <= 1 and (1 / sy).is_integer() and (1 / sx).is_integer():
@@ -165,6 +184,7 @@ class Segmenter(nn.Module):
         gate_encoder: str = "timm-efficientnet-b1",
         gate_scale: float | list[float] = 0.5,
         gate_weights: str | None = None,
+        gate_depth: int = 5,
         input_scale: float = 1.0,
         in_channels: int = 1,
         image_mean: float = 0.5,
@@ -199,7 +219,15 @@ class Segmenter(nn.Module):
         if local:
             load_local_weights(self.model.encoder, local)
         self.gate = (
-            GatePart(gate_encoder, in_channels, num_classes, gate_scale, self.norm, gate_weights)
+            GatePart(
+                gate_encoder,
+                in_channels,
+                num_classes,
+                gate_scale,
+                self.norm,
+                gate_weights,
+                gate_depth,
+            )
             if design == "separate"
             else None
         )

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchmetrics.functional.classification import binary_auroc
 
 from defects.models.segmenter import Segmenter
 
@@ -287,7 +288,10 @@ class ThresholdSearch:
 
 
 def gate_scores(gate: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, float]:
-    """Image-level gate accuracy, precision, recall and F1 (positive = has any defect)."""
+    """Image-level gate accuracy, precision, recall and F1 (positive = has any defect), and
+    the threshold-free AUROC (how well the gate orders the images; left out when the split
+    has only one kind of image). A gate with a high AUROC but a poor F1 is miscalibrated,
+    which the tuned gate threshold fixes; a low AUROC no threshold can fix."""
     pred = gate >= threshold
     truth = truth.astype(bool)
     tp = float((pred & truth).sum())
@@ -296,7 +300,12 @@ def gate_scores(gate: np.ndarray, truth: np.ndarray, threshold: float) -> dict[s
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    auroc = {}
+    if truth.any() and not truth.all():
+        scores = torch.as_tensor(np.asarray(gate, dtype=np.float64))
+        auroc["gate_auroc"] = float(binary_auroc(scores, torch.as_tensor(truth).long()))
     return {
+        **auroc,
         "gate_accuracy": float((pred == truth).mean()) if len(truth) else 0.0,
         "gate_precision": precision,
         "gate_recall": recall,
