@@ -62,6 +62,9 @@ class GatedFlow:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        # The gated flow alternates between sessions; a finished session's threads would
+        # otherwise spin-wait for more work and take the cores from the next one.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         parts = {
             name: _OnnxPart(
                 ort.InferenceSession(
