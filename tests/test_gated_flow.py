@@ -211,7 +211,7 @@ def test_separate_gate_is_trained_per_cell_of_its_grid() -> None:
     assert torch.allclose(out["gate_logits"], grid.amax(dim=(2, 3)))
     masks = torch.zeros(2, 3, 64, 192)
     masks[0, 1, :4, :4] = 1  # top-left corner of image 0, class 1
-    logits, targets = gate_targets(out, masks)
+    logits, targets = gate_targets(out, masks, net.gate.cell)
     assert logits.shape == targets.shape == grid.shape
     assert targets[0, 1, 0, 0] == 1 and targets.sum() == 1
     shared = make("shared_backbone")(x)

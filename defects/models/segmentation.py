@@ -39,7 +39,7 @@ def gate_targets(
     if grid is None:
         return out["gate_logits"].float(), masks.flatten(2).amax(-1)
     if cell is None:
-        return grid.float(), F.adaptive_max_pool2d(masks, grid.shape[-2:])
+        raise ValueError("gate_targets: a gate grid needs the cell size it was computed with")
     (rows, cols), (cy, cx) = grid.shape[-2:], cell
     covered = (round(rows * cy), round(cols * cx))  # input pixels the whole grid spans
     masks = masks[..., : covered[0], : covered[1]]
