@@ -30,9 +30,10 @@ import torch
 from defects.bundle import load_bundle
 from defects.data.segmentation import SegmentationDataModule
 from defects.data.synthetic.steel import render_steel_strip
-from defects.pipelines.gated import GatedFlow, Thresholds, binarize, export_onnx
+from defects.kinds.gated.evaluate import evaluate_segmenter
+from defects.kinds.gated.flow import GatedFlow, export_onnx
+from defects.kinds.gated.thresholds import Thresholds, binarize
 from defects.predict import model_from_bundle
-from defects.segmentation_evaluation import evaluate_segmenter
 
 
 def make_strips(count: int, defective_fraction: float, seed: int) -> list[np.ndarray]:

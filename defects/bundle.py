@@ -6,13 +6,14 @@ A bundle is a `torch.save`d dict of tensors and plain values, so it loads with
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from defects.formats.errors import FormatError
+from defects.formats.io import atomic_write_bytes
 
 BUNDLE_FORMAT = "defects-bundle"
 BUNDLE_VERSION = 1
@@ -45,14 +46,17 @@ def save_bundle(
     thresholds: dict[str, Any],
     input: dict[str, Any],
     metrics: dict[str, float] | None = None,
+    name: str | None = None,
 ) -> Path:
-    """Write a bundle atomically. `model` = {"kind": registered builder, "kwargs": plain values}."""
+    """Write a bundle atomically. `model` = {"kind": registered kind, "kwargs": plain values};
+    `name` is the run/dataset name (e.g. neu_det for the weld task on NEU-DET)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     bundle = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
         "task": task,
+        "name": name or task,
         "model": model,
         "class_names": list(class_names),
         "thresholds": dict(thresholds),
@@ -61,9 +65,9 @@ def save_bundle(
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
     }
     check_plain({k: v for k, v in bundle.items() if k != "state_dict"})
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(bundle, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(bundle, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

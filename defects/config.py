@@ -24,6 +24,8 @@ class ConfigError(ValueError):
 def _matches(value: Any, annotation: Any) -> bool:
     if annotation is inspect.Parameter.empty or annotation is Any:
         return True
+    if isinstance(value, Mapping) and "_target_" in value:
+        return True  # an object built from config: its own node is checked on its own
     origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
         return any(_matches(value, arg) for arg in typing.get_args(annotation))
@@ -44,15 +46,23 @@ def _matches(value: Any, annotation: Any) -> bool:
         return isinstance(value, (list, tuple))
     if base in (dict, Mapping) or base is typing.Mapping:
         return isinstance(value, Mapping)
+    if inspect.isclass(base):
+        try:
+            return isinstance(value, base)  # e.g. torch.Tensor: no plain config value is one
+        except TypeError:
+            pass
     return True  # a type we cannot judge from plain config values: let the object decide
 
 
-def _type_hints(target: Any) -> dict[str, Any]:
+def _type_hints(target: Any, key: str) -> dict[str, Any]:
+    """The target's resolved annotations; a signature we cannot read is an error, not a
+    silently skipped check."""
     function = target.__init__ if inspect.isclass(target) else target
     try:
         return typing.get_type_hints(function)
-    except Exception:  # unresolvable forward references in a third-party signature
-        return {}
+    except Exception as exc:  # e.g. an unresolvable forward reference
+        name = getattr(target, "__qualname__", target)
+        raise ConfigError(f"{key}._target_: cannot read the type hints of {name} ({exc})") from exc
 
 
 def check_node(node: Mapping[str, Any], key: str) -> None:
@@ -65,7 +75,7 @@ def check_node(node: Mapping[str, Any], key: str) -> None:
     signature = inspect.signature(target)
     parameters = signature.parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    hints = _type_hints(target)
+    hints = _type_hints(target, key)
     for name, value in node.items():
         if name.startswith("_"):
             continue

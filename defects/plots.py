@@ -128,3 +128,35 @@ def overlay_masks(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
         edge = mask & ~cv2.erode(mask.astype(np.uint8), kernel).astype(bool)
         rgb[edge] = color
     return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def draw_boxes_rgb(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    class_ids: Sequence[int],
+    labels: Sequence[str],
+    scores: Sequence[float],
+) -> np.ndarray:
+    """uint8 RGB copy of `image` with each box and "label score" drawn in its class colour
+    (the same colours as the figures); for overlays written by `predict`, the page, the stream.
+    """
+    import cv2
+    from matplotlib.colors import to_rgb
+
+    rgb = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image.copy()
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    for box, class_id, label, score in zip(boxes, class_ids, labels, scores, strict=True):
+        color = tuple(int(255 * c) for c in to_rgb(COLORS[int(class_id) % len(COLORS)]))
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        cv2.rectangle(rgb, (x1, y1), (x2, y2), color, 2)
+        cv2.putText(
+            rgb,
+            f"{label} {float(score):.2f}",
+            (x1, max(y1 - 4, 12)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            color,
+            1,
+            cv2.LINE_AA,
+        )
+    return rgb

@@ -72,9 +72,29 @@ def restore_tracking_env() -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = before
 
 
+class TrainingError(RuntimeError):
+    """Training ended without what the next step needs (a best checkpoint, its score)."""
+
+
+class MissingMetricError(KeyError):
+    """The metric a run is judged by was not produced."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+def metric_value(metrics: dict[str, float], name: str) -> float:
+    """`metrics[name]` as a float; a missing monitored metric is an error, never a 0.0."""
+    if name not in metrics:
+        raise MissingMetricError(
+            f"model.monitor: metric '{name}' was not produced; have {sorted(metrics)}"
+        )
+    return float(metrics[name])
+
+
 def run_entry(function: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     """Run an entry point; bad input ends it with one line naming the key or file, no traceback."""
     try:
         return function(cfg)
-    except (ConfigError, FormatError, FileNotFoundError) as exc:
+    except (ConfigError, FormatError, FileNotFoundError, MissingMetricError, TrainingError) as exc:
         raise SystemExit(f"defects: {exc}") from None

@@ -2,12 +2,12 @@
 
 GET /            upload form (plain inline HTML: no external assets, works offline)
 POST /predict    HTML page: overlay as an inline PNG, class areas, gate probability
-POST /api/predict  JSON; segmentation: {image, gate, shape, classes: {name: {area, rle}}}
+POST /api/predict  JSON: {image, ...the result's record} (boxes, or gate + RLE masks)
 GET /health      {"status": "ok", "task": ...}
 
-Uploads come in the multipart field `image` and are decoded strictly with PIL (`load()`), so a
+Uploads come in the multipart field `image` and go through the library's one decoder, so a
 truncated or foreign file is a 400 naming the upload instead of a 500 from inside the model.
-Detection bundles are served too: boxes in the JSON, drawn boxes on the page.
+Any kind is served: the page shows the result's own table and overlay, the JSON its record.
 """
 
 from __future__ import annotations
@@ -21,19 +21,16 @@ from typing import Any
 
 import numpy as np
 from flask import Flask, Response, jsonify, request
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from defects.formats.severstal import rle_encode
-from defects.plots import COLORS, overlay_masks
-from defects.predict import (
-    DetectionPredictor,
-    Detections,
-    SegmentationPredictor,
-    SegmentationResult,
-)
+from defects.data.images import decode_image
+from defects.formats.errors import FormatError
+from defects.kinds.base import Predictor
+from defects.plots import COLORS
+from defects.results import Result
 
-__all__ = ["create_app", "detection_records", "segmentation_record"]
+__all__ = ["create_app"]
 
 _STYLE = (
     "body{font-family:sans-serif;margin:2em;max-width:1700px}"
@@ -41,31 +38,6 @@ _STYLE = (
     "img{max-width:100%;border:1px solid #ccc}.swatch{display:inline-block;width:1em;height:1em;"
     "vertical-align:middle;margin-right:6px}.error{color:#b00020}"
 )
-
-
-def detection_records(det: Detections) -> list[dict[str, Any]]:
-    """Detections as JSON-ready rows; shared by `defects predict` and /api/predict."""
-    return [
-        {"label": label, "score": round(float(s), 4), "box": [round(float(v), 1) for v in box]}
-        for label, s, box in zip(det.labels, det.scores, det.boxes, strict=True)
-    ]
-
-
-def segmentation_record(name: str, result: SegmentationResult) -> dict[str, Any]:
-    """JSON for one image: only present classes, each with its area and Severstal RLE.
-
-    `shape` is included because an RLE cannot be decoded without the image size.
-    """
-    return {
-        "image": name,
-        "gate": round(result.gate, 4),
-        "shape": list(result.masks.shape[1:]),
-        "classes": {
-            cls: {"area": int(mask.sum()), "rle": rle_encode(mask)}
-            for cls, mask in zip(result.class_names, result.masks, strict=True)
-            if mask.any()
-        },
-    }
 
 
 def _page(title: str, body: str) -> str:
@@ -85,32 +57,6 @@ def _swatch(class_id: int) -> str:
     return f"<span class='swatch' style='background:{COLORS[class_id % len(COLORS)]}'></span>"
 
 
-def _draw_boxes(image: np.ndarray, det: Detections) -> np.ndarray:
-    """RGB copy of `image` with each box drawn in its class colour (the same as in plots)."""
-    import cv2
-    from matplotlib.colors import to_rgb
-
-    rgb = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image.copy()
-    rgb = np.ascontiguousarray(rgb)
-    for box, class_id, label, score in zip(
-        det.boxes, det.class_ids, det.labels, det.scores, strict=True
-    ):
-        color = tuple(int(255 * c) for c in to_rgb(COLORS[int(class_id) % len(COLORS)]))
-        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
-        cv2.rectangle(rgb, (x1, y1), (x2, y2), color, 2)
-        cv2.putText(
-            rgb,
-            f"{label} {score:.2f}",
-            (x1, max(y1 - 4, 12)),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.45,
-            color,
-            1,
-            cv2.LINE_AA,
-        )
-    return rgb
-
-
 def _read_upload(channels: int) -> tuple[str, np.ndarray]:
     """(file name, uint8 array) of the `image` upload; BadRequest naming it when unusable."""
     upload = request.files.get("image")  # raises 413 first when the body is over the limit
@@ -121,41 +67,24 @@ def _read_upload(channels: int) -> tuple[str, np.ndarray]:
     if not data:
         raise BadRequest(f"upload '{name}' is empty (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # decode everything now: a truncated file must fail here
-            array = np.array(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-    ) as exc:
-        raise BadRequest(f"upload '{name}' is not a readable image ({exc})") from None
+        array = decode_image(data, channels, name=name)
+    except FormatError as exc:
+        raise BadRequest(f"upload {exc}") from None
     return name, array
 
 
-def create_app(
-    predictor: SegmentationPredictor | DetectionPredictor,
-    max_upload_mb: int = 32,
-    task: str | None = None,
-) -> Flask:
-    """The app around one loaded predictor; `task` defaults to the predictor's kind.
+def create_app(predictor: Predictor, max_upload_mb: int = 32, task: str | None = None) -> Flask:
+    """The app around one loaded predictor of any kind; `task` defaults to the bundle's.
 
     Inference is serialised by a lock: the dev server is threaded, and parallel forward
     passes on a CPU only compete for the same cores.
     """
-    segmentation = isinstance(predictor, SegmentationPredictor)
-    task = (
-        task
-        or getattr(predictor, "task", None)
-        or ("segmentation" if segmentation else "detection")
-    )
+    task = task or predictor.task
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb) * 1024 * 1024
     lock = threading.Lock()
 
-    def run(image: np.ndarray) -> Any:
+    def run(image: np.ndarray) -> Result:
         with lock:
             return predictor.predict(image)
 
@@ -183,45 +112,33 @@ def create_app(
 
     @app.get("/health")
     def health() -> Response:
-        return jsonify({"status": "ok", "task": task})
+        return jsonify(
+            {"status": "ok", "task": task, "kind": predictor.kind, "backend": predictor.backend}
+        )
 
     @app.post("/api/predict")
     def api_predict() -> Response:
         name, image = _read_upload(predictor.channels)
-        result = run(image)
-        if segmentation:
-            return jsonify(segmentation_record(name, result))
-        return jsonify({"image": name, "detections": detection_records(result)})
+        return jsonify({"image": name, **run(image).record()})
 
     @app.post("/predict")
     def predict_page() -> str:
         name, image = _read_upload(predictor.channels)
         result = run(image)
-        if segmentation:
-            picture = overlay_masks(image, result.masks)
-            rows = "".join(
-                f"<tr><td>{_swatch(k)}{html.escape(cls)}</td><td>{area}</td></tr>"
-                for k, (cls, area) in enumerate(result.areas().items())
+        headers, rows = result.table()
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+        body_rows = "".join(
+            "<tr>"
+            + "".join(
+                f"<td>{_swatch(class_id) if i == 0 else ''}{html.escape(str(cell))}</td>"
+                for i, cell in enumerate(cells)
             )
-            verdict = ", ".join(result.present) or "no defect"
-            summary = (
-                f"<p>Gate probability {result.gate:.3f} (threshold "
-                f"{predictor.thresholds.gate:.2f}). Found: {html.escape(verdict)}.</p>"
-                f"<table><tr><th>class</th><th>area (pixels)</th></tr>{rows}</table>"
-            )
-        else:
-            picture = _draw_boxes(image, result)
-            rows = "".join(
-                f"<tr><td>{_swatch(int(c))}{html.escape(r['label'])}</td><td>{r['score']:.3f}</td>"
-                f"<td>{r['box']}</td></tr>"
-                for c, r in zip(result.class_ids, detection_records(result), strict=True)
-            )
-            summary = (
-                f"<p>{len(result)} detection(s).</p><table><tr><th>class</th><th>score</th>"
-                f"<th>box (x1, y1, x2, y2)</th></tr>{rows}</table>"
-            )
+            + "</tr>"
+            for class_id, cells in rows
+        )
         body = (
-            f"{summary}<p><img alt='prediction overlay' src='{_png_data_uri(picture)}'></p>"
+            f"<p>{html.escape(result.headline())}</p><table><tr>{head}</tr>{body_rows}</table>"
+            f"<p><img alt='prediction overlay' src='{_png_data_uri(result.overlay(image))}'></p>"
             "<p><a href='/'>another image</a></p>"
         )
         return _page(name, body)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from defects.data.detection import DetectionDataModule
 from defects.formats.errors import FormatError
@@ -130,6 +131,52 @@ def test_bad_file_is_skipped_and_counted(case: str, broken_root: Path) -> None:
     assert dm.report.count == 1
     assert path.name in dm.report.summary()
     assert all(s.image != path for s in dm.datasets["train"].samples)
+
+
+def huge_image(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make one train image a 'decompression bomb' by lowering PIL's limit below its size."""
+    image = first(root, "train", "images")
+    with Image.open(image) as im:
+        width, height = im.size
+        im.resize((width * 3, height)).save(image)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", width * height)  # bomb above twice that
+    return image
+
+
+def test_decompression_bomb_fails_naming_it(
+    broken_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = huge_image(broken_root, monkeypatch)
+    with pytest.raises(FormatError, match=rf"{path.name}: refused as a possible decompression"):
+        datamodule(broken_root, strict=True).setup("fit")
+
+
+def test_decompression_bomb_is_skipped_and_counted(
+    broken_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = huge_image(broken_root, monkeypatch)
+    dm = datamodule(broken_root, strict=False)
+    dm.setup("fit")
+    assert dm.report.count == 1 and path.name in dm.report.summary()
+    assert all(s.image != path for s in dm.datasets["train"].samples)
+
+
+def test_rounding_overshoot_is_clipped_and_counted_not_skipped(broken_root: Path) -> None:
+    label = set_line("1 0.5 0.5 0.2 1.0004")(broken_root)
+    boxes = len(label.read_text().splitlines())
+    dm = datamodule(broken_root, strict=True)
+    dm.setup("fit")
+    assert dm.report.count == 0
+    assert dm.report.clipped == [(str(label), 1)]
+    sample = next(s for s in dm.datasets["train"].samples if s.image.stem == label.stem)
+    assert len(sample.labels) == boxes
+    assert sample.boxes[1].tolist() == pytest.approx([0.4 * 160, 0.0, 0.6 * 160, 128.0])
+
+
+def test_overshoot_beyond_tolerance_names_file_and_line(broken_root: Path) -> None:
+    label = set_line("1 0.5 0.5 0.2 1.01")(broken_root)
+    with pytest.raises(FormatError, match=rf"{label.name}:2: .*outside"):
+        datamodule(broken_root, strict=True).setup("fit")
 
 
 def test_empty_split_names_the_folder(broken_root: Path) -> None:

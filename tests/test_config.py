@@ -77,7 +77,7 @@ def test_unknown_option_is_refused_by_hydra() -> None:
         ("data.batch_size=four", "data.batch_size"),
         ("data.strict=maybe", "data.strict"),
         ("trainer.precision=17-mixed", "trainer.precision"),
-        ("model.lr=fast", "model.lr"),
+        ("optimizer.lr=fast", "model.optimizer.lr"),
     ],
 )
 def test_wrong_type_is_refused_before_data(override: str, key: str) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, features
 
 from defects.formats import (
     FormatError,
@@ -153,6 +154,7 @@ def test_convert_layout_counts_and_labels(tmp_path: Path) -> None:
         "boxes": 14,
         "classes": CLASSES,
         "skipped": 0,
+        "clipped": 0,
     }
     assert read_class_names(out / "data.yaml") == CLASSES
     for split in ("train", "valid", "test"):
@@ -199,7 +201,7 @@ def test_convert_rejects_bad_split(tmp_path: Path) -> None:
 def test_convert_unknown_class_strict_vs_lenient(tmp_path: Path) -> None:
     images, annotations = make_dataset(tmp_path / "src")
     out = tmp_path / "out"
-    with pytest.raises(FormatError, match=r"img_00\.xml: object\[0\]: unknown class 'crack'"):
+    with pytest.raises(FormatError, match=r"img_00\.xml:5: object\[0\]: unknown class 'crack'"):
         convert_voc_dataset(images, annotations, out, class_names=["pore"])
     assert not out.exists()
     summary = convert_voc_dataset(images, annotations, out, class_names=["pore"], strict=False)
@@ -237,6 +239,74 @@ def test_convert_uses_real_image_size(tmp_path: Path) -> None:
     convert_voc_dataset(images, annotations, out, split=(1.0, 0.0, 0.0))
     (box,) = read_yolo_labels(out / "train" / "labels" / "img_00.txt")
     assert box.to_xyxy(40, 20) == pytest.approx((2, 2, 12, 12), abs=1e-4)
+
+
+def test_object_line_is_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "a.xml"
+    path.write_text(voc_xml("a.jpg", 200, 100, [("crack", 1, 2, 30, 40)]))
+    (obj,) = read_voc(path).objects
+    assert obj.line == 5  # compare=False: equality ignores it
+
+
+def one_box(tmp_path: Path, box: tuple[float, float, float, float]) -> tuple[Path, Path]:
+    """One 40x20 image whose single 'crack' box is `box` (xmin, ymin, xmax, ymax)."""
+    images, annotations = make_dataset(tmp_path / "src", n=1, size=(40, 20))
+    (annotations / "img_00.xml").write_text(voc_xml("img_00.png", 40, 20, [("crack", *box)]))
+    return images, annotations
+
+
+def test_convert_clips_rounding_overshoot_and_counts_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 0.02 px past a 40 px wide image and 0.01 px before a 20 px high one: float rounding.
+    images, annotations = one_box(tmp_path, (2, -0.01, 40.02, 13))
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="defects"):
+        summary = convert_voc_dataset(images, annotations, out, split=(1.0, 0.0, 0.0))
+    assert summary["clipped"] == 1 and summary["skipped"] == 0 and summary["boxes"] == 1
+    (box,) = read_yolo_labels(out / "train" / "labels" / "img_00.txt")
+    assert box.to_xyxy(40, 20) == pytest.approx((2, 0, 40, 13), abs=1e-4)
+    per_file = [r.getMessage() for r in caplog.records if "clipped 1 box(es)" in r.getMessage()]
+    assert len(per_file) == 1 and "img_00.xml" in per_file[0]
+    assert "0.02 px of 40x20" in per_file[0]
+
+
+def test_convert_clips_larger_overshoot_as_before_and_counts_it(tmp_path: Path) -> None:
+    # VOC boxes a pixel or two past the border were always clipped; now they are counted too.
+    images, annotations = one_box(tmp_path, (2, 3, 42, 13))
+    summary = convert_voc_dataset(images, annotations, tmp_path / "out", split=(1.0, 0.0, 0.0))
+    assert summary["clipped"] == 1 and summary["skipped"] == 0
+    (box,) = read_yolo_labels(tmp_path / "out" / "train" / "labels" / "img_00.txt")
+    assert box.to_xyxy(40, 20) == pytest.approx((2, 3, 40, 13), abs=1e-4)
+
+
+def test_convert_box_outside_the_image_names_file_and_line(tmp_path: Path) -> None:
+    images, annotations = one_box(tmp_path, (41, 3, 45, 13))
+    out = tmp_path / "out"
+    with pytest.raises(FormatError, match=r"img_00\.xml:5: object\[0\] 'crack': .*zero area"):
+        convert_voc_dataset(images, annotations, out, class_names=CLASSES)
+    assert not out.exists()
+
+
+def test_convert_skips_truncated_image(tmp_path: Path) -> None:
+    images, annotations = make_dataset(tmp_path / "src", n=4)
+    cut = images / "img_01.png"
+    cut.write_bytes(cut.read_bytes()[:60])  # the header still says 40x20
+    with pytest.raises(FormatError, match=r"img_01\.png: cannot decode"):
+        convert_voc_dataset(images, annotations, tmp_path / "out")
+    summary = convert_voc_dataset(images, annotations, tmp_path / "out", strict=False)
+    assert summary["skipped"] == 1 and sum(summary["images"].values()) == 3
+
+
+@pytest.mark.skipif(not features.check("webp"), reason="Pillow built without WebP")
+def test_convert_takes_webp_images(tmp_path: Path) -> None:
+    images, annotations = make_dataset(tmp_path / "src", n=2)
+    with Image.open(images / "img_00.png") as im:
+        im.save(images / "img_00.webp", lossless=True)
+    (images / "img_00.png").unlink()
+    summary = convert_voc_dataset(images, annotations, tmp_path / "out")
+    assert summary["skipped"] == 0 and sum(summary["images"].values()) == 2
+    assert len(list((tmp_path / "out").glob("*/images/img_00.webp"))) == 1
 
 
 def test_convert_failure_keeps_previous_output(tmp_path: Path) -> None:

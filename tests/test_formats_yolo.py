@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import pickle
 from pathlib import Path
@@ -9,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from defects.formats import (
+    CLIP_TOLERANCE,
     FormatError,
     SkipReport,
     YoloBox,
     atomic_directory,
     atomic_write_text,
+    atomic_write_with,
     handle,
     parse_yolo_line,
     read_class_names,
@@ -135,6 +138,76 @@ def test_class_id_written_as_float_integer_is_accepted() -> None:
 def test_box_touching_border_within_tolerance() -> None:
     box = parse_yolo_line("0 0.9000005 0.5 0.2 0.2")
     assert box.cx == pytest.approx(0.9000005)
+
+
+OVERSHOOT_LINES = [
+    "0 0.5 0.5 1.0004 0.2",  # spans the whole width, written 0.04 % too wide
+    "1 0.9502 0.5 0.1 0.1",  # right edge at 1.0002
+    "2 0.5 0.0498 0.2 0.1",  # top edge at -0.0002
+]
+
+
+def test_overshoot_within_tolerance_is_clipped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "edge.txt"
+    path.write_text("\n".join([GOOD, *OVERSHOOT_LINES]) + "\n")
+    report = SkipReport()
+    with caplog.at_level(logging.WARNING, logger="defects"):
+        boxes = read_yolo_labels(path, num_classes=3, strict=True, report=report)
+    assert len(boxes) == 4 and boxes[0] == parse_yolo_line(GOOD)
+    assert boxes[1] == pytest.approx(YoloBox(0, 0.5, 0.5, 1.0, 0.2))
+    assert boxes[2].to_xyxy(100, 100) == pytest.approx((90.02, 45, 100, 55))
+    assert boxes[3].to_xyxy(100, 100) == pytest.approx((40, 0, 60, 9.98))
+    for box in boxes:  # clipped boxes are valid and write back unchanged
+        assert parse_yolo_line(box.to_line(), clip_tolerance=0.0)
+    assert report.count == 0  # nothing skipped ...
+    assert report.clipped == [(str(path), 3)] and report.clipped_count == 3  # ... but counted
+    assert "3 boxes clipped to the image in 1 files" in report.summary()
+    (record,) = caplog.records  # one warning for the file, not one per line
+    assert "edge.txt: clipped 3 box(es)" in record.getMessage()
+    assert "line(s) 2, 3, 4" in record.getMessage()
+    assert read_yolo_labels(path, strict=True) == boxes  # no report: still clipped
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "0 0.5 0.5 1.01 0.2",  # 1 % too wide
+        "0 1.01 0.5 0.01 0.1",
+        "0 0.9511 0.5 0.1 0.1",  # right edge at 1.0011, just past the tolerance
+        "0 0.5 -0.0011 0.1 0.1",
+    ],
+)
+def test_overshoot_beyond_tolerance_still_fails_naming_file_and_line(
+    tmp_path: Path, line: str
+) -> None:
+    path = tmp_path / "far.txt"
+    path.write_text(f"{GOOD}\n{line}\n")
+    with pytest.raises(FormatError, match=r"far\.txt:2: .*(outside)") as info:
+        read_yolo_labels(path, num_classes=3)
+    assert info.value.line == 2
+    report = SkipReport()
+    assert read_yolo_labels(path, strict=False, report=report) == [parse_yolo_line(GOOD)]
+    assert report.count == 1 and report.clipped == []
+
+
+def test_overshoot_clipping_to_nothing_fails() -> None:
+    with pytest.raises(ValueError, match="no extent left after clipping"):
+        parse_yolo_line("0 1.0004 0.5 0.0008 0.1")
+
+
+def test_clip_tolerance_and_writer() -> None:
+    assert CLIP_TOLERANCE == 1e-3
+    assert parse_yolo_line(OVERSHOOT_LINES[1]).cx == pytest.approx(0.9501)
+    with pytest.raises(ValueError, match="outside"):
+        parse_yolo_line(OVERSHOOT_LINES[1], clip_tolerance=0.0)
+
+
+def test_writer_refuses_overshoot_the_reader_would_clip(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="outside"):
+        write_yolo_labels(tmp_path / "x.txt", [YoloBox(0, 0.9502, 0.5, 0.1, 0.1)])
+    assert not (tmp_path / "x.txt").exists()
 
 
 def test_non_utf8_file(tmp_path: Path) -> None:
@@ -275,3 +348,38 @@ def test_atomic_directory_refuses_file(tmp_path: Path) -> None:
     with pytest.raises(NotADirectoryError), atomic_directory(target):
         pass
     assert target.read_text() == "x"
+
+
+def test_atomic_write_with_path_writer(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "curve.csv"
+    seen: list[Path] = []
+
+    def write_csv(tmp: Path) -> None:
+        seen.append(tmp)
+        assert not target.exists()  # nothing visible until the writer is done
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["recall", "precision"])
+            writer.writerow([0.5, 0.9])
+
+    assert atomic_write_with(target, write_csv) == target
+    assert target.read_bytes() == b"recall,precision\r\n0.5,0.9\r\n"
+    assert seen[0].parent == target.parent and seen[0].suffix == ".csv"  # format by suffix
+    assert seen[0].name.startswith(".")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["curve.csv"]
+
+
+def test_atomic_write_with_failure_keeps_old(tmp_path: Path) -> None:
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"old")
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write_with(target, half_then_fail)
+    with pytest.raises(OSError, match="left no file"):
+        atomic_write_with(target, lambda tmp: None)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]

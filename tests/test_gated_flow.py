@@ -9,18 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from defects.kinds.gated.flow import GatedFlow, export_onnx, pad_to_stride
+from defects.kinds.gated.module import gate_targets
+from defects.kinds.gated.net import Segmenter, rescale
+from defects.kinds.gated.thresholds import Thresholds, ThresholdSearch, binarize, gate_scores
 from defects.metrics.segmentation import pair_dice
-from defects.models.segmentation import gate_targets
-from defects.models.segmenter import Segmenter, rescale
-from defects.pipelines.gated import (
-    GatedFlow,
-    Thresholds,
-    ThresholdSearch,
-    binarize,
-    export_onnx,
-    gate_scores,
-    pad_to_stride,
-)
 
 TINY = dict(
     encoder="timm-efficientnet-b0",

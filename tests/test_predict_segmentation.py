@@ -21,7 +21,7 @@ from defects.cli import predict
 from defects.data.images import read_image
 from defects.formats.mask_folder import read_index_mask
 from defects.formats.severstal import read_severstal_csv, rle_decode
-from defects.models.segmenter import Segmenter
+from defects.kinds.gated.net import Segmenter
 from defects.plots import overlay_masks
 
 CLASS_NAMES = ["pits", "inclusion", "scratches", "patches"]

@@ -14,7 +14,9 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from defects.formats.severstal import rle_decode
-from defects.predict import Detections, SegmentationPredictor, load
+from defects.kinds.gated.predictor import SegmentationPredictor
+from defects.predict import load
+from defects.results import Detections
 from defects.serve import create_app
 from tests.test_predict_segmentation import CLASS_NAMES, H, W, make_segmentation_bundle
 
@@ -66,7 +68,12 @@ def test_index_is_a_self_contained_upload_form(client: FlaskClient) -> None:
 
 
 def test_health(client: FlaskClient) -> None:
-    assert client.get("/health").get_json() == {"status": "ok", "task": "segmentation"}
+    assert client.get("/health").get_json() == {
+        "status": "ok",
+        "task": "steel",
+        "kind": "gated_segmentation",
+        "backend": "eager",
+    }
 
 
 def test_api_predict_matches_predictor(
@@ -116,7 +123,7 @@ def test_bad_uploads_are_400_naming_the_upload(client: FlaskClient, url: str) ->
     garbage = upload(client, url, b"this is not a png" * 10, name="garbage.png")
     assert garbage.status_code == 400
     assert "garbage.png" in garbage.get_data(as_text=True)
-    assert "not a readable image" in garbage.get_data(as_text=True)
+    assert "not a recognised image format" in garbage.get_data(as_text=True)
 
     truncated = upload(client, url, png_bytes(np.full((H, W), 7, np.uint8))[:-40], "cut.png")
     assert truncated.status_code == 400
@@ -136,10 +143,12 @@ def test_oversize_upload_is_413(client: FlaskClient) -> None:
 
 
 class StubDetector:
-    """Stands in for a DetectionPredictor: the app only needs predict, channels, class_names."""
+    """Stands in for a DetectionPredictor: the app needs predict, channels, class_names, task,
+    kind and backend."""
 
     channels = 1
     class_names = ["crack", "pore"]
+    task, kind, backend = "detection", "fasterrcnn", "eager"
 
     def predict(self, image: np.ndarray) -> Detections:
         return Detections(
@@ -147,6 +156,7 @@ class StubDetector:
             labels=["pore"],
             class_ids=np.array([1]),
             scores=np.array([0.876], dtype=np.float32),
+            class_names=self.class_names,
         )
 
 
@@ -156,7 +166,9 @@ def test_detection_bundle_gets_boxes(image: np.ndarray) -> None:
     body = upload(client, "/api/predict", png_bytes(image)).get_json()
     assert body == {
         "image": "strip.png",
-        "detections": [{"label": "pore", "score": 0.876, "box": [10.0, 5.0, 60.0, 30.0]}],
+        "detections": [
+            {"label": "pore", "class_id": 1, "score": pytest.approx(0.876), "box": [10, 5, 60, 30]}
+        ],
     }
     page = upload(client, "/predict", png_bytes(image))
     assert page.status_code == 200

@@ -14,7 +14,7 @@ import defects
 from defects.bundle import load_bundle
 from defects.evaluate import evaluate
 from defects.formats.severstal import read_severstal_csv, rle_decode
-from defects.predict import SegmentationPredictor
+from defects.kinds.gated.predictor import SegmentationPredictor
 from defects.train import train
 from tests.conftest import compose_config, steel_overrides
 
@@ -71,7 +71,7 @@ def trained(steel_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_train_tunes_thresholds_into_bundle(trained: dict) -> None:
     out = trained["out"]
     bundle = load_bundle(out / "model_dir" / "bundle.pt")
-    assert bundle["model"]["kind"] == "segmenter"
+    assert bundle["model"]["kind"] == "gated_segmentation"
     assert bundle["class_names"] == CLASSES
     thresholds = bundle["thresholds"]
     assert set(thresholds) == {"gate", "pixel", "min_area"}
@@ -111,13 +111,13 @@ def test_evaluate_refuses_a_detector_bundle(trained: dict, tmp_path: Path) -> No
         thresholds={},
         input={},
     )
-    with pytest.raises(ConfigError, match="detector"):
+    with pytest.raises(ConfigError, match="holds a fasterrcnn model"):
         evaluate(compose_config([*trained["base"], f"ckpt_path={fake}"]))
 
 
 def test_predictor_matches_the_evaluated_flow(trained: dict, steel_root: Path) -> None:
     """defects.load gives the same masks as thresholds applied to the network by hand."""
-    from defects.pipelines.gated import GatedFlow, Thresholds, binarize
+    from defects.kinds.gated.thresholds import Thresholds, binarize
 
     predictor = defects.load(trained["out"] / "model_dir" / "bundle.pt")
     assert isinstance(predictor, SegmentationPredictor)
@@ -127,8 +127,8 @@ def test_predictor_matches_the_evaluated_flow(trained: dict, steel_root: Path) -
     from defects.data.images import read_image
 
     batch = torch.stack([torch.from_numpy(read_image(p)).float()[None] / 255 for p in images])
-    gate, probs = GatedFlow.eager(predictor.model)(batch, predictor.thresholds.gate)
-    expected = binarize(gate, probs, predictor.thresholds).numpy()
+    gate, probs = predictor.flow(batch, predictor.tuned.gate)
+    expected = binarize(gate, probs, predictor.tuned).numpy()
     assert np.array_equal(np.stack([r.masks for r in results]), expected)
     assert isinstance(
         Thresholds.from_dict(

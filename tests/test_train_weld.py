@@ -90,21 +90,62 @@ def test_bundle_predictor_matches_the_model(trained: dict, weld_root: Path) -> N
     bundle = load_bundle(bundle_path)
     assert bundle["class_names"] == CLASSES and bundle["thresholds"]["score"] == 0.5
     predictor = defects.load(bundle_path)
-    predictor.score_threshold = 0.0
+    predictor.set_threshold(0.0)
     image = sorted((weld_root / "test" / "images").glob("*.png"))[0]
     detections = predictor.predict(image)
     assert detections.boxes.shape == (len(detections), 4)
     assert set(detections.labels) <= set(CLASSES)
     # One inference path: the predictor's output is the detector's forward on the same pixels.
-    from defects.evaluate import load_network
-    from defects.predict import image_tensor
+    from defects.data.images import read_image
+    from defects.data.transforms import to_tensor
+    from defects.kinds import get_kind
 
-    detector, _, _ = load_network(bundle_path, segmentation=False)
-    detector.eval()
-    tensor = image_tensor(image, predictor.channels)
+    detector = get_kind(bundle["model"]["kind"]).network(bundle)
     with torch.inference_mode():
-        direct = detector([tensor])[0]
+        direct = detector([to_tensor(read_image(image, predictor.channels))])[0]
     np.testing.assert_allclose(detections.scores, direct["scores"].numpy(), rtol=1e-5)
+
+
+def test_evaluate_equals_the_metric_of_predict_outputs(trained: dict, weld_root: Path) -> None:
+    """What evaluation reports is what `defects predict` writes: recompute mAP from
+    detections.json (every detection, --threshold 0) and P/R from the default cut."""
+    from defects.cli import predict
+    from defects.kinds.fasterrcnn.evaluate import score_detections
+    from defects.results import Detections
+
+    out = trained["out"]
+    bundle = out / "model_dir" / "bundle.pt"
+    reported = evaluate(compose_config([*trained["base"], f"ckpt_path={bundle}"]))
+    dm = DetectionDataModule(str(weld_root), CLASSES)
+    samples = dm.eval_samples("test")
+
+    def from_json(path: str) -> list[Detections]:
+        rows = json.loads(Path(path).read_text())
+        found = []
+        for sample in samples:
+            dets = rows[sample.image.name]["detections"]
+            found.append(
+                Detections(
+                    np.array([d["box"] for d in dets], dtype=np.float32).reshape(-1, 4),
+                    [d["label"] for d in dets],
+                    np.array([d["class_id"] for d in dets], dtype=np.int64),
+                    np.array([d["score"] for d in dets], dtype=np.float32),
+                    CLASSES,
+                )
+            )
+        return found
+
+    images = str(weld_root / "test" / "images")
+    every = from_json(predict(str(bundle), images, str(out / "all"), threshold=0.0, overlays=False))
+    cut = from_json(predict(str(bundle), images, str(out / "cut"), overlays=False))
+    truths = [dm.truth(s) for s in samples]
+    ranked, _ = score_detections(every, truths, CLASSES, 0.5, "test")
+    assert ranked["test/mAP"] == reported["test/mAP"]
+    assert ranked["test/mAP50"] == reported["test/mAP50"]
+    at_cut, _ = score_detections(cut, truths, CLASSES, 0.5, "test")
+    for key in ("test/precision", "test/recall", "test/f1"):
+        assert at_cut[key] == reported[key]
+    assert sum(len(d) for d in every) > sum(len(d) for d in cut) > 0 or reported["test/recall"] == 0
 
 
 def test_load_rejects_a_foreign_file(tmp_path: Path) -> None:

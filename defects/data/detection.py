@@ -19,13 +19,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from defects.data.images import list_images, read_image
-from defects.data.transforms import build_transform
+from defects.data.transforms import build_transform, to_tensor
 from defects.formats.errors import FormatError, SkipReport, handle
 from defects.formats.yolo import read_class_names, read_yolo_labels
 
 log = logging.getLogger("defects")
-
-SPLITS = ("train", "valid", "test")
 
 
 @dataclass(frozen=True)
@@ -108,8 +106,7 @@ class DetectionDataset(Dataset):
             image = out["image"]
             boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
             labels = np.asarray(out["labels"], dtype=np.int64)
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)
-        tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+        tensor = to_tensor(image)
         target = {
             "boxes": torch.from_numpy(boxes).float(),
             "labels": torch.from_numpy(labels).long() + 1,
@@ -169,7 +166,7 @@ class DetectionDataModule(L.LightningDataModule):
                     self.root, "dataset folder does not exist (run the prepare stage?)"
                 )
             self._check_class_names()
-            before = self.report.count
+            before = (self.report.count, self.report.clipped_count)
             samples = scan_split(
                 self.root,
                 split,
@@ -179,7 +176,7 @@ class DetectionDataModule(L.LightningDataModule):
                 self.report,
                 self.verify_images,
             )
-            if self.report.count > before:
+            if (self.report.count, self.report.clipped_count) != before:
                 log.warning("%s/%s: %s", self.root, split, self.report.summary())
             augment = self.augment if split == "train" else None
             transform = build_transform(augment, bbox=True, seed=self.seed) if augment else None
@@ -202,6 +199,21 @@ class DetectionDataModule(L.LightningDataModule):
             collate_fn=collate_detection,
             generator=generator,
         )
+
+    def eval_samples(self, split: str) -> list[DetectionSample]:
+        """The split's samples as stored (original images, boxes in their pixels)."""
+        return self._load(split).samples
+
+    @staticmethod
+    def truth(sample: DetectionSample) -> dict[str, np.ndarray]:
+        """Ground truth of one sample: boxes (xyxy pixels) and 0-based class ids."""
+        return {"boxes": sample.boxes, "class_ids": sample.labels}
+
+    def save_preview(self, out_png: Path, split: str = "train") -> Path:
+        """A few training images with their boxes, for people and the prepare stage."""
+        from defects.data.synthetic import save_preview
+
+        return save_preview(self.root, out_png, split=split)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

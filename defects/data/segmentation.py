@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from defects.data.images import list_images, read_image
+from defects.data.images import list_images, open_image, read_image
 from defects.data.transforms import build_transform
 from defects.formats.errors import FormatError, SkipReport, handle
 from defects.formats.mask_folder import read_index_mask
@@ -32,7 +32,6 @@ from defects.formats.severstal import read_severstal_csv, rle_decode
 
 log = logging.getLogger("defects")
 
-SPLITS = ("train", "valid", "test")
 LAYOUTS = ("severstal", "masks")
 
 
@@ -284,6 +283,22 @@ class SegmentationDataModule(L.LightningDataModule):
             return sample.classes
         index_mask = read_index_mask(sample.mask_file, self.num_classes)
         return {int(v) for v in np.unique(index_mask) if v}
+
+    def eval_samples(self, split: str) -> list[SegmentationSample]:
+        """The split's samples as stored (original images; masks at their resolution)."""
+        return self.split_samples(split)
+
+    def truth(self, sample: SegmentationSample) -> np.ndarray:
+        """[K, H, W] bool masks of one sample at its image's own size."""
+        with open_image(sample.image) as image:
+            width, height = image.size
+        return load_masks(sample, (height, width), self.num_classes).transpose(2, 0, 1).astype(bool)
+
+    def save_preview(self, out_png: Path, split: str = "train") -> Path:
+        """A few training images with their masks overlaid."""
+        from defects.data.synthetic import save_steel_preview
+
+        return save_steel_preview(self.root, out_png, split=split, class_names=self.class_names)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
+import numpy as np
+import torch
 from hydra.utils import instantiate
 
 
@@ -25,3 +27,10 @@ def build_transform(steps: Sequence[Any] | None, bbox: bool, seed: int | None = 
         else None
     )
     return A.Compose(transforms, bbox_params=bbox_params, seed=seed)
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 HxW or HxWxC -> float [C, H, W] in [0, 1]: the one conversion data and
+    predictors share, so the network sees the same numbers in training and in service."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)
+    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)

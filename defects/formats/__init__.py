@@ -3,8 +3,14 @@
 Pure Python (numpy/Pillow/PyYAML, no torch) so data tooling stays light and testable.
 """
 
-from defects.formats.errors import FormatError, SkipReport, handle
-from defects.formats.io import atomic_directory, atomic_write_text
+from defects.formats.errors import FormatError, SkipReport, handle, note_clipped
+from defects.formats.io import (
+    atomic_directory,
+    atomic_write_bytes,
+    atomic_write_text,
+    atomic_write_with,
+)
+from defects.formats.layout import IMAGE_SUFFIXES, SPLITS
 from defects.formats.severstal import (
     SeverstalRecord,
     read_severstal_csv,
@@ -14,6 +20,7 @@ from defects.formats.severstal import (
 )
 from defects.formats.voc import VocAnnotation, VocObject, convert_voc_dataset, read_voc
 from defects.formats.yolo import (
+    CLIP_TOLERANCE,
     YoloBox,
     parse_yolo_line,
     read_class_names,
@@ -26,8 +33,13 @@ __all__ = [
     "FormatError",
     "SkipReport",
     "handle",
+    "note_clipped",
     "atomic_directory",
+    "atomic_write_bytes",
     "atomic_write_text",
+    "atomic_write_with",
+    "IMAGE_SUFFIXES",
+    "SPLITS",
     "SeverstalRecord",
     "read_severstal_csv",
     "rle_decode",
@@ -37,6 +49,7 @@ __all__ = [
     "VocObject",
     "convert_voc_dataset",
     "read_voc",
+    "CLIP_TOLERANCE",
     "YoloBox",
     "parse_yolo_line",
     "read_class_names",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 logger = logging.getLogger("defects")
 
-__all__ = ["FormatError", "SkipReport", "handle"]
+__all__ = ["FormatError", "SkipReport", "handle", "note_clipped"]
 
 
 class FormatError(ValueError):
@@ -43,6 +43,8 @@ class SkipReport:
     """Counts what a non-strict reader skipped so the user sees it instead of losing it silently."""
 
     items: list[FormatError] = field(default_factory=list)
+    # (file, boxes clipped in it): kept, not skipped, but counted so rounding fixes stay visible
+    clipped: list[tuple[str, int]] = field(default_factory=list)
 
     def add(self, error: FormatError) -> None:
         """Record a skipped item and warn right away, so long runs show problems as they happen."""
@@ -54,6 +56,16 @@ class SkipReport:
         """Number of skipped items (lines, objects, images or files, whatever the reader drops)."""
         return len(self.items)
 
+    def add_clipped(self, path: str | os.PathLike[str], count: int) -> None:
+        """Record that `count` boxes of one file were clipped to the image (see note_clipped)."""
+        if count > 0:
+            self.clipped.append((os.fspath(path), int(count)))
+
+    @property
+    def clipped_count(self) -> int:
+        """Boxes clipped to the image over all files (they are kept, so not part of `count`)."""
+        return sum(n for _, n in self.clipped)
+
     def summary(self, limit: int = 10) -> str:
         """Human-readable digest; capped at `limit` entries so huge reports stay readable."""
         lines = [f"{self.count} items skipped" + (":" if self.items else "")]
@@ -61,6 +73,10 @@ class SkipReport:
         hidden = self.count - min(self.count, max(limit, 0))
         if hidden:
             lines.append(f"  ... and {hidden} more")
+        if self.clipped:
+            lines.append(
+                f"{self.clipped_count} boxes clipped to the image in {len(self.clipped)} files"
+            )
         return "\n".join(lines)
 
 
@@ -72,3 +88,18 @@ def handle(error: FormatError, strict: bool, report: SkipReport | None) -> None:
         report.add(error)
     else:
         logger.warning("skipped: %s", error)
+
+
+def note_clipped(
+    path: str | os.PathLike[str], count: int, detail: str, report: SkipReport | None
+) -> None:
+    """Warn once for a file whose `count` boxes were clipped to the image, and count them.
+
+    Clipping is not an error (strict readers clip too): annotation tools overshoot the border
+    by float rounding. `detail` says by how much, e.g. "by up to 0.0004 (normalised)".
+    """
+    if count <= 0:
+        return
+    logger.warning("%s: clipped %d box(es) to the image, %s", os.fspath(path), count, detail)
+    if report is not None:
+        report.add_clipped(path, count)

@@ -6,11 +6,11 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "atomic_directory"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_with", "atomic_directory"]
 
 
 def _sibling(path: Path, tag: str) -> Path:
@@ -47,6 +47,33 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     Newlines are written as given (no platform translation) so label files are byte-stable.
     """
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[Path], object]) -> Path:
+    """Let `writer(tmp)` write a temp sibling of `path`, fsync it, then os.replace it in.
+
+    For writers that want a path rather than bytes: `torch.save(obj, tmp)`, a csv writer on
+    `open(tmp, "w", newline="")`, `figure.savefig(tmp)`, `cv2.imwrite(str(tmp), img)`. The temp
+    name ends with `path`'s suffix, so writers that pick the format from it work. If `writer`
+    raises or leaves no file, the temp file is removed and any old `path` is left untouched.
+    Parent directories are created. Returns `path` as a Path.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(target, "tmp")
+    tmp = tmp.with_name(tmp.name + target.suffix)
+    try:
+        writer(tmp)
+        if not tmp.is_file():
+            raise OSError(f"{target}: the writer left no file (it wrote to {tmp.name}?)")
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return target
 
 
 def _remove(path: Path) -> None:

@@ -28,7 +28,8 @@ from PIL import Image
 
 from defects.formats.errors import FormatError, SkipReport, handle
 from defects.formats.io import atomic_directory, atomic_write_bytes
-from defects.formats.voc import SPLITS, _check_split, _is_within, _split_counts
+from defects.formats.layout import IMAGE_SUFFIXES, SPLITS
+from defects.formats.voc import _check_split, _is_within, _split_counts
 
 __all__ = [
     "MAGNETIC_TILE_CLASSES",
@@ -56,7 +57,6 @@ MAGNETIC_TILE_CLASSES: dict[str, str] = {
 }
 CLASS_PRESETS: dict[str, dict[str, str]] = {"magnetic_tile": MAGNETIC_TILE_CLASSES}
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 _SINGLE_BAND = frozenset({"L", "P", "1", "I", "I;16", "I;16L", "I;16B", "I;16N"})
 _COLOUR_BANDS = frozenset({"LA", "RGB", "RGBA"})
 
@@ -67,23 +67,20 @@ _COLOUR_BANDS = frozenset({"LA", "RGB", "RGBA"})
 def _grey_array(path: Path, palette_as_index: bool) -> np.ndarray:
     """Decode one mask file fully into a 2-D integer array; FormatError for anything else.
 
-    `.load()` forces the full decode so a truncated PNG fails here, not during training. For
+    The shared decoder (`open_image`) loads it fully so a truncated PNG fails here, not during
+    training, and keeps the stored values (no conversion to grey). For
     'P' images the indices are the data when they are class ids (`palette_as_index`); for a
     binary mask the palette colours are what the annotator saw, so they are used instead.
     Multi-band images are accepted only when every colour band is equal (a grey mask saved as
     RGB) and any alpha is fully opaque: anything else is a colour-coded mask we cannot read.
     """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode == "P" and not palette_as_index:
-                im = im.convert("RGBA" if im.has_transparency_data else "RGB")
-            mode = im.mode
-            arr = np.asarray(im)
-    except FileNotFoundError:
-        raise FormatError(path, "file not found") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise FormatError(path, f"cannot decode image: {exc}") from None
+    from defects.data.images import open_image  # lazy: defects.data.images imports formats
+
+    with open_image(path) as im:
+        if im.mode == "P" and not palette_as_index:
+            im = im.convert("RGBA" if im.has_transparency_data else "RGB")
+        mode = im.mode
+        arr = np.array(im)
 
     if mode in _SINGLE_BAND:
         return arr.astype(np.uint8) if arr.dtype == np.bool_ else arr
@@ -270,12 +267,10 @@ def _pair_files(
 
 def _image_shape(path: Path) -> tuple[int, int]:
     """(H, W) after a full decode: a truncated image must fail the import, not the training."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.height, im.width
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise FormatError(path, f"cannot decode image: {exc}") from None
+    from defects.data.images import open_image  # lazy: defects.data.images imports formats
+
+    with open_image(path) as im:
+        return im.height, im.width
 
 
 @dataclass

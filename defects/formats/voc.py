@@ -8,34 +8,37 @@ import os
 import random
 import shutil
 import xml.etree.ElementTree as ET
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.parsers import expat
 
-from PIL import Image
-
-from defects.formats.errors import FormatError, SkipReport, handle
+from defects.formats.errors import FormatError, SkipReport, handle, note_clipped
 from defects.formats.io import atomic_directory
+from defects.formats.layout import IMAGE_SUFFIXES, SPLITS
 from defects.formats.yolo import YoloBox, write_class_names, write_yolo_labels
 
 __all__ = ["VocObject", "VocAnnotation", "read_voc", "convert_voc_dataset"]
 
 logger = logging.getLogger("defects")
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-SPLITS = ("train", "valid", "test")
+# Boxes past the border are clipped, as they always were (tools draw a pixel or two past the
+# edge, or overshoot by float rounding); past this many pixels the clip is also counted, with one
+# warning per XML file giving the largest overshoot. Below it is noise from the real/xml scaling.
+_EDGE_PX = 1e-6
 
 
 @dataclass
 class VocObject:
-    """One labelled box in VOC pixel coordinates."""
+    """One labelled box in VOC pixel coordinates; `line` is its <object> line in the XML."""
 
     name: str
     x1: float
     y1: float
     x2: float
     y2: float
+    line: int | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -158,7 +161,7 @@ def read_voc(path: str | os.PathLike[str]) -> VocAnnotation:
                 f"xmin={x1:g} xmax={x2:g} ymin={y1:g} ymax={y2:g}",
                 line=doc.line(box),
             )
-        objects.append(VocObject(name, x1, y1, x2, y2))
+        objects.append(VocObject(name, x1, y1, x2, y2, line=doc.line(obj)))
     filename = (root.findtext("filename") or "").strip()
     return VocAnnotation(filename, dims[0], dims[1], objects)
 
@@ -185,7 +188,7 @@ def _is_within(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def _list_files(directory: Path, suffixes: frozenset[str]) -> list[Path]:
+def _list_files(directory: Path, suffixes: Collection[str]) -> list[Path]:
     return sorted(
         p
         for p in directory.iterdir()
@@ -216,8 +219,10 @@ def convert_voc_dataset(
     `out_dir` is replaced on success. Images are copied byte-for-byte and never modified.
 
     - Pairs are matched by file stem (the XML <filename> is ignored: it is often stale).
-    - Boxes are normalized against the real image size read from the image header; if the
-      XML <size> disagrees, coordinates are scaled by real/xml first. Boxes are clipped.
+    - Each image is fully decoded (`defects.data.images.open_image`), so a truncated image
+      is caught here, and boxes are normalized against its real size; if the XML <size>
+      disagrees, coordinates are scaled by real/xml first. Boxes past the border are clipped
+      to the image, kept, and counted: one warning per XML file, total in the log summary.
     - `class_names` defaults to the sorted set of object names in the usable annotations.
     - Problems go through `handle()`: strict raises FormatError at the first one (before
       anything is written); otherwise they are counted and skipped. Skipped units are an
@@ -227,8 +232,11 @@ def convert_voc_dataset(
     - The split shuffles the sorted stems with `random.Random(seed)`: deterministic per seed.
 
     Returns {"images": {"train": n, "valid": n, "test": n}, "boxes": n, "classes": names,
-    "skipped": n}.
+    "skipped": n, "clipped": n boxes clipped to their image}.
     """
+    # Imported here: defects.data.images imports defects.formats, which imports this module.
+    from defects.data.images import open_image
+
     fractions = _check_split(split)
     img_root, ann_root, out_root = Path(images_dir), Path(annotations_dir), Path(out_dir)
     for d in (img_root, ann_root):
@@ -285,10 +293,10 @@ def convert_voc_dataset(
     for stem, xml_path, ann in parsed:
         image_path = images[stem]
         try:
-            with Image.open(image_path) as im:  # reads the header only
+            with open_image(image_path) as im:  # full decode: a truncated file fails here
                 real_w, real_h = im.size
-        except (OSError, Image.DecompressionBombError) as exc:
-            handle(FormatError(image_path, f"cannot read image: {exc}"), strict, report)
+        except FormatError as err:
+            handle(err, strict, report)
             continue
         sx, sy = real_w / ann.width, real_h / ann.height
         if (sx, sy) != (1.0, 1.0):
@@ -301,33 +309,39 @@ def convert_voc_dataset(
                 real_h,
             )
         boxes = []
+        clipped: list[int] = []
+        worst = 0.0
         for index, obj in enumerate(ann.objects):
             if obj.name not in class_ids:
                 handle(
                     FormatError(
                         xml_path,
                         f"object[{index}]: unknown class {obj.name!r} (known: {', '.join(names)})",
+                        line=obj.line,
                     ),
                     strict,
                     report,
                 )
                 continue
+            x1, y1, x2, y2 = obj.x1 * sx, obj.y1 * sy, obj.x2 * sx, obj.y2 * sy
             try:
-                boxes.append(
-                    YoloBox.from_xyxy(
-                        class_ids[obj.name],
-                        obj.x1 * sx,
-                        obj.y1 * sy,
-                        obj.x2 * sx,
-                        obj.y2 * sy,
-                        real_w,
-                        real_h,
-                    )
-                )
+                box = YoloBox.from_xyxy(class_ids[obj.name], x1, y1, x2, y2, real_w, real_h)
             except ValueError as exc:
                 handle(
-                    FormatError(xml_path, f"object[{index}] {obj.name!r}: {exc}"), strict, report
+                    FormatError(xml_path, f"object[{index}] {obj.name!r}: {exc}", line=obj.line),
+                    strict,
+                    report,
                 )
+                continue
+            boxes.append(box)
+            overshoot = max(-x1, -y1, x2 - real_w, y2 - real_h, 0.0)
+            if overshoot > _EDGE_PX:
+                clipped.append(index)
+                worst = max(worst, overshoot)
+        if clipped:
+            shown = ", ".join(map(str, clipped[:5])) + (", ..." if len(clipped) > 5 else "")
+            detail = f"overshoot up to {worst:.3g} px of {real_w}x{real_h}, object(s) {shown}"
+            note_clipped(xml_path, len(clipped), detail, report)
         items.append(_Item(stem, image_path, boxes))
 
     if not items:
@@ -351,11 +365,12 @@ def convert_voc_dataset(
                 write_yolo_labels(tmp / name / "labels" / f"{item.stem}.txt", item.boxes)
         write_class_names(tmp / "data.yaml", names)
 
-    if report.count:
+    if report.count or report.clipped:
         logger.warning("convert_voc_dataset: %s", report.summary())
     return {
         "images": {name: len(assignment[name]) for name in SPLITS},
         "boxes": sum(len(it.boxes) for it in items),
         "classes": names,
         "skipped": report.count,
+        "clipped": report.clipped_count,
     }

@@ -15,10 +15,11 @@ from typing import Any
 
 import yaml
 
-from defects.formats.errors import FormatError, SkipReport, handle
+from defects.formats.errors import FormatError, SkipReport, handle, note_clipped
 from defects.formats.io import atomic_write_text
 
 __all__ = [
+    "CLIP_TOLERANCE",
     "YoloBox",
     "parse_yolo_line",
     "read_yolo_labels",
@@ -29,6 +30,9 @@ __all__ = [
 
 # Slack for boxes touching the border: 6-decimal rounding in to_line() moves cx±w/2 by < 1e-6.
 _EDGE_TOL = 1e-6
+# Overshoot past the border (normalised) that the reader clips, with a counted warning, instead
+# of rejecting the line: annotation tools write e.g. 1.0004 for a box that touches the edge.
+CLIP_TOLERANCE = 1e-3
 # Smallest normalized size that survives the 6-decimal text format without rounding to zero.
 _MIN_SIZE = 1e-6
 _FIELDS = ("cx", "cy", "w", "h")
@@ -119,10 +123,10 @@ def _parse_class_id(token: str, num_classes: int | None) -> int:
     return class_id
 
 
-def parse_yolo_line(text: str, num_classes: int | None = None) -> YoloBox:
-    """Parse and validate one `class cx cy w h` line; ValueError(reason) if anything is off.
+def _parse(text: str, num_classes: int | None, tolerance: float) -> tuple[YoloBox, float]:
+    """The box of one line, clipped to [0, 1], and how far it overshot (0.0 if it fitted).
 
-    Validation is strict because a silently wrong box trains a detector on the wrong pixels.
+    An overshoot of at most `tolerance` (normalised) is clipped; more is a ValueError.
     """
     tokens = text.split()
     if len(tokens) != 5:
@@ -136,7 +140,7 @@ def parse_yolo_line(text: str, num_classes: int | None = None) -> YoloBox:
             raise ValueError(f"{name} is not a number: {token!r}") from None
         if not math.isfinite(value):
             raise ValueError(f"{name} is not finite: {token!r}")
-        if not 0.0 <= value <= 1.0:
+        if not -tolerance <= value <= 1.0 + tolerance:
             raise ValueError(f"{name}={value:g} is outside [0, 1]")
         values.append(value)
     cx, cy, w, h = values
@@ -144,11 +148,37 @@ def parse_yolo_line(text: str, num_classes: int | None = None) -> YoloBox:
         raise ValueError(f"w must be > 0, got {w:g}")
     if h <= 0:
         raise ValueError(f"h must be > 0, got {h:g}")
+    overshoot = 0.0
+    centre_size = []
     for axis, c, size in (("x", cx, w), ("y", cy, h)):
         lo, hi = c - size / 2, c + size / 2
-        if lo < -_EDGE_TOL or hi > 1 + _EDGE_TOL:
+        over = max(-lo, hi - 1.0, 0.0)
+        if over > max(tolerance, _EDGE_TOL):
             raise ValueError(f"box extends outside the image: {axis} from {lo:g} to {hi:g}")
-    return YoloBox(class_id, cx, cy, w, h)
+        if over > _EDGE_TOL:  # beyond what our own 6-decimal writer can cause: clip
+            clo, chi = max(lo, 0.0), min(hi, 1.0)
+            if chi - clo < _MIN_SIZE:
+                raise ValueError(
+                    f"box has no extent left after clipping to the image: {axis} from {lo:g} "
+                    f"to {hi:g}"
+                )
+            c, size = (clo + chi) / 2, chi - clo
+            overshoot = max(overshoot, over)
+        centre_size.append((c, size))
+    (cx, w), (cy, h) = centre_size
+    return YoloBox(class_id, cx, cy, w, h), overshoot
+
+
+def parse_yolo_line(
+    text: str, num_classes: int | None = None, clip_tolerance: float = CLIP_TOLERANCE
+) -> YoloBox:
+    """Parse and validate one `class cx cy w h` line; ValueError(reason) if anything is off.
+
+    Validation is strict because a silently wrong box trains a detector on the wrong pixels.
+    The one repair: a box overshooting the border by at most `clip_tolerance` (float rounding
+    in annotation tools, e.g. 1.0004) is clipped to the image; `read_yolo_labels` counts those.
+    """
+    return _parse(text, num_classes, clip_tolerance)[0]
 
 
 def _read_utf8(path: Path) -> str:
@@ -173,6 +203,8 @@ def read_yolo_labels(
     A bad line raises FormatError(path, reason, line) when strict; otherwise it is recorded in
     `report` and skipped while good lines are kept. A non-UTF-8 file is handled the same way as
     a whole: when not strict it yields [], so check `report` before trusting that as defect-free.
+    Boxes overshooting the border by at most CLIP_TOLERANCE are clipped, strict or not, with
+    one warning per file and the count in `report.clipped`; a larger overshoot is a bad line.
     """
     label_path = Path(path)
     try:
@@ -183,15 +215,26 @@ def read_yolo_labels(
         handle(err, strict, report)
         return []
     boxes: list[YoloBox] = []
+    clipped: list[int] = []
+    worst = 0.0
     # Split on "\n" only (not str.splitlines) so line numbers match what editors show.
     for lineno, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line:
             continue
         try:
-            boxes.append(parse_yolo_line(line, num_classes))
+            box, overshoot = _parse(line, num_classes, CLIP_TOLERANCE)
         except ValueError as exc:
             handle(FormatError(label_path, str(exc), line=lineno), strict, report)
+            continue
+        boxes.append(box)
+        if overshoot:
+            clipped.append(lineno)
+            worst = max(worst, overshoot)
+    if clipped:
+        shown = ", ".join(map(str, clipped[:5])) + (", ..." if len(clipped) > 5 else "")
+        detail = f"overshoot up to {worst:.2g} (normalised), line(s) {shown}"
+        note_clipped(label_path, len(clipped), detail, report)
     return boxes
 
 
@@ -204,7 +247,7 @@ def write_yolo_labels(path: str | os.PathLike[str], boxes: Iterable[YoloBox]) ->
     for index, box in enumerate(boxes):
         line = box.to_line()
         try:
-            parse_yolo_line(line)
+            _parse(line, None, tolerance=0.0)  # write only what reads back unchanged
         except ValueError as exc:
             raise ValueError(f"{os.fspath(path)}: box {index} ({box}): {exc}") from None
         lines.append(line + "\n")

@@ -71,3 +71,42 @@ def pr_curves(result: dict, class_names: Sequence[str], iou: float = 0.5) -> lis
                     }
                 )
     return rows
+
+
+def precision_recall(
+    preds: Sequence[dict], truths: Sequence[dict], iou_threshold: float = 0.5
+) -> dict[str, float]:
+    """Precision, recall and F1 of a fixed set of detections (already cut at a score).
+
+    Per image and class, detections are matched greedily by descending score to the
+    unmatched truth box of highest IoU >= `iou_threshold` (COCO's rule, one match each).
+    `preds`: {boxes [N, 4], scores [N], labels [N]}; `truths`: {boxes, labels}; xyxy pixels.
+    """
+    from torchvision.ops import box_iou
+
+    tp = fp = fn = 0
+    for pred, truth in zip(preds, truths, strict=True):
+        p_boxes, p_labels = torch.as_tensor(pred["boxes"]).float(), torch.as_tensor(pred["labels"])
+        t_boxes, t_labels = (
+            torch.as_tensor(truth["boxes"]).float(),
+            torch.as_tensor(truth["labels"]),
+        )
+        p_scores = torch.as_tensor(pred["scores"]).float()
+        for label in torch.unique(torch.cat([p_labels, t_labels])).tolist():
+            p_mask, t_mask = p_labels == label, t_labels == label
+            boxes = p_boxes[p_mask][torch.argsort(p_scores[p_mask], descending=True, stable=True)]
+            gt = t_boxes[t_mask]
+            matched = torch.zeros(len(gt), dtype=torch.bool)
+            iou = box_iou(boxes, gt) if len(boxes) and len(gt) else torch.zeros(len(boxes), 0)
+            for row in iou:
+                row = torch.where(matched, torch.full_like(row, -1.0), row)
+                if len(row) and float(row.max()) >= iou_threshold:
+                    matched[int(row.argmax())] = True
+                    tp += 1
+                else:
+                    fp += 1
+            fn += int((~matched).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
+# Re-exported: the generators import SPLITS from here.
+from defects.formats.layout import SPLITS as SPLITS
 
 
 def smooth_1d(

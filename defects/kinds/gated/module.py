@@ -11,7 +11,7 @@ second shows progress. The train stage tunes the thresholds at the end.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning as L
@@ -19,9 +19,11 @@ import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.losses import DiceLoss
 
+from defects.kinds.gated.flow import pad_to_stride
+from defects.kinds.gated.net import Segmenter
+from defects.kinds.gated.thresholds import Thresholds, binarize, gate_scores
+from defects.kinds.schedule import configure_optimizers
 from defects.metrics.segmentation import SeverstalDice
-from defects.models.segmenter import Segmenter
-from defects.pipelines.gated import Thresholds, binarize, gate_scores, pad_to_stride
 
 
 def gate_targets(
@@ -52,14 +54,15 @@ def gate_targets(
 class SegmentationModule(L.LightningModule):
     """Trains any `Segmenter` design; plain-value hyper-parameters only."""
 
+    kind = "gated_segmentation"
+
     def __init__(
         self,
         class_names: list[str],
         net: dict[str, Any],
         design: Literal["separate", "two_heads", "shared_backbone"] = "separate",
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        warmup_steps: int = 50,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
         pos_weight: list[float] | None = None,
         dice_weight: float = 1.0,
         gate_weight: float = 0.5,
@@ -67,7 +70,8 @@ class SegmentationModule(L.LightningModule):
         monitor: str = "val/dice",
     ):
         super().__init__()
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names = list(class_names)
         self.net = Segmenter(len(self.class_names), design=design, **net)
         if pos_weight is not None and len(pos_weight) != len(self.class_names):
@@ -137,19 +141,6 @@ class SegmentationModule(L.LightningModule):
         self.log_dict(result)
 
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = min(hp.warmup_steps, total // 2)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return 0.01 + 0.99 * step / max(warmup, 1)
-            progress = (step - warmup) / max(total - warmup, 1)
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return configure_optimizers(
+            self, self.parameters(), self.optimizer_factory, self.scheduler_factory
+        )

@@ -7,7 +7,7 @@
   reads its deepest features, and the decoder runs only for images the gate lets through.
 
 Every design is split into `parts` (plain nn.Modules with tensor inputs and outputs) so the
-eager flow and the ONNX flow (`defects.pipelines.gated`) run the same graphs with the same
+eager flow and the ONNX flow (`defects.kinds.gated.flow`) run the same graphs with the same
 selection logic in between. Normalisation lives inside the parts; padding to the encoder
 stride lives in the flow.
 """
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
-from defects.models.weights import is_local_file, load_local_weights
+from defects.kinds.weights import is_local_file, load_local_weights
 
 DESIGNS = ("separate", "two_heads", "shared_backbone")
 ARCHS = {"unet": smp.Unet, "linknet": smp.Linknet}
@@ -169,7 +169,7 @@ class Segmenter(nn.Module):
     `forward(x)` returns {"mask_logits": [N, K, H, W], "gate_logits": [N, K]} for every image
     (no gating), which the loss and the threshold tuning need; `separate` adds
     "gate_grid" [N, K, h, w], the gate's cell logits. Gated inference is
-    `defects.pipelines.gated.GatedFlow`, which runs `parts()`.
+    `defects.kinds.gated.flow.GatedFlow`, which runs `parts()`.
     """
 
     def __init__(

@@ -5,33 +5,36 @@ Hyper-parameters are plain values only, so checkpoints load with `weights_only=T
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
 
+from defects.kinds.fasterrcnn.net import Detector
+from defects.kinds.schedule import configure_optimizers
 from defects.metrics.detection import make_map_metric, summarize_map
-from defects.models.detector import Detector
 
 
 class DetectionModule(L.LightningModule):
-    """Faster R-CNN training with SGD/AdamW, warm-up + cosine schedule, and COCO mAP."""
+    """Faster R-CNN training with the shared optimizer/schedule partials, and COCO mAP."""
+
+    kind = "fasterrcnn"
 
     def __init__(
         self,
         class_names: list[str],
         net: dict[str, Any],
-        optimizer: str = "sgd",
-        lr: float = 0.01,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-4,
-        warmup_steps: int = 100,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
         score_threshold: float = 0.5,
         monitor: str = "val/mAP",
     ):
         super().__init__()
-        self.save_hyperparameters(logger=False)  # the run logs the whole flat config instead
+        # Plain values only (the partials are rebuilt from config): checkpoints load with
+        # weights_only=True; the run logs the whole flat config instead.
+        self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names = list(class_names)
         self.detector = Detector(len(class_names) + 1, **net)
         self.val_map = make_map_metric()
@@ -68,27 +71,6 @@ class DetectionModule(L.LightningModule):
         self.log_dict(summarize_map(result, self.class_names, "val"))
 
     def configure_optimizers(self) -> dict:
-        params = [p for p in self.parameters() if p.requires_grad]
-        hp = self.hparams
-        if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(
-                params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
-            )
-        elif hp.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        else:
-            raise ValueError(f"model.optimizer: unknown optimizer '{hp.optimizer}' (sgd or adamw)")
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = min(hp.warmup_steps, total // 2)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return 0.001 + (1 - 0.001) * step / max(warmup, 1)
-            progress = (step - warmup) / max(total - warmup, 1)
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return configure_optimizers(
+            self, self.parameters(), self.optimizer_factory, self.scheduler_factory
+        )

@@ -16,7 +16,7 @@ from torchvision.models.detection.backbone_utils import mobilenet_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RPNHead
 
-from defects.models.weights import is_local_file, load_local_weights
+from defects.kinds.weights import is_local_file, load_local_weights
 
 ARCHITECTURES = {
     "fasterrcnn_mobilenet_v3_large_fpn": tvd.fasterrcnn_mobilenet_v3_large_fpn,

@@ -1,0 +1,181 @@
+"""The one interface a model kind implements, and the predictor base every front end calls.
+
+Entry points (`train`, `evaluate`, `predict`, `export`, `serve`) hold no "which kind is
+this?": they look the kind up in the registry (`defects.kinds.get_kind`) by the name a
+LightningModule or a bundle carries, and call these methods. A new kind subclasses
+`ModelKind` and `Predictor`, registers itself, and every verb works for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from defects.data.images import decode_image
+from defects.formats.io import atomic_write_text
+from defects.results import Result
+
+log = logging.getLogger("defects")
+
+EXPORT_MANIFEST = "export.json"
+EXPORT_FORMAT = "defects-export"
+
+
+def split_prefix(split: str) -> str:
+    """Metric prefix of a split: `val/...` for validation (Lightning's), else the split name."""
+    return "val" if split == "valid" else split
+
+
+class Predictor(ABC):
+    """decode -> network -> thresholds -> results in original pixels, for any backend.
+
+    `meta` is the bundle without its weights (task, name, class names, thresholds, input),
+    so an ONNX export and the eager bundle build the same predictor.
+    """
+
+    kind: str = ""
+    #: the threshold `defects predict --threshold` overrides
+    main_threshold: str = "score"
+
+    def __init__(self, meta: dict[str, Any], backend: str = "eager"):
+        self.meta = meta
+        self.class_names: list[str] = list(meta["class_names"])
+        self.channels = int(meta["input"].get("channels", 1))
+        self.backend = backend
+        self.thresholds: dict[str, Any] = dict(meta["thresholds"])
+        for key in self.required_thresholds():
+            if key not in self.thresholds:
+                raise ValueError(
+                    f"bundle thresholds lack '{key}' (have {sorted(self.thresholds)}): "
+                    "retrain or add it to the bundle"
+                )
+
+    @property
+    def task(self) -> str:
+        return str(self.meta.get("task", self.kind))
+
+    def required_thresholds(self) -> tuple[str, ...]:
+        return (self.main_threshold,)
+
+    def set_threshold(self, value: float) -> None:
+        """Override the main threshold (the score cut, or the gate of a gated segmenter)."""
+        self.thresholds[self.main_threshold] = float(value)
+
+    def decode(self, image: Any) -> np.ndarray:
+        """The library's one decoder: a path, bytes, PIL image or uint8 array -> uint8 array."""
+        return decode_image(image, self.channels)
+
+    @abstractmethod
+    def predict_batch(self, images: Sequence[Any]) -> list[Result]:
+        """Results for each image, at its original resolution."""
+
+    def predict(self, image: Any) -> Result:
+        return self.predict_batch([image])[0]
+
+
+@dataclass
+class Report:
+    """What evaluating a split produced: metrics (prefixed) and a writer for the files."""
+
+    metrics: dict[str, float]
+    prefix: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class PredictionWriter:
+    """`defects predict` output: `<name>.json` ({image: record}) and overlays/<stem>.png.
+
+    Kinds with more to write (masks, a submission file) extend `add` and `close`.
+    """
+
+    report_name = "predictions.json"
+
+    def __init__(self, predictor: Predictor, out_dir: Path, overlays: bool = True):
+        self.predictor = predictor
+        self.out_dir = out_dir
+        self.overlays = overlays
+        self.records: dict[str, Any] = {}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if overlays:
+            (out_dir / "overlays").mkdir(exist_ok=True)
+
+    def add(self, path: Path, image: np.ndarray, result: Result) -> None:
+        self.records[path.name] = result.record()
+        if self.overlays:
+            from PIL import Image
+
+            Image.fromarray(result.overlay(image)).save(
+                self.out_dir / "overlays" / f"{path.stem}.png"
+            )
+
+    def close(self) -> Path:
+        report = self.out_dir / self.report_name
+        atomic_write_text(report, json.dumps(self.records, indent=1))
+        return report
+
+
+class ModelKind(ABC):
+    """One kind of model: how it trains, finishes, evaluates, predicts and exports."""
+
+    name: str = ""
+    aliases: tuple[str, ...] = ()
+    predictor_class: type[Predictor]
+    writer_class: type[PredictionWriter] = PredictionWriter
+
+    # ------------------------------------------------------------------ training
+    @abstractmethod
+    def bundle_from_module(self, module: Any, cfg: DictConfig) -> dict[str, Any]:
+        """A bundle dict (see `defects.bundle.save_bundle`) of a trained LightningModule."""
+
+    def tune(self, bundle: dict[str, Any], datamodule: Any) -> dict[str, Any]:
+        """Thresholds for the bundle, tuned on validation; the default keeps the configured."""
+        return bundle["thresholds"]
+
+    # ------------------------------------------------------------------ inference
+    @abstractmethod
+    def build_network(self, kwargs: dict[str, Any]) -> Any:
+        """The nn.Module a bundle's `model.kwargs` describe (weights not loaded)."""
+
+    def network(self, bundle: dict[str, Any]) -> Any:
+        net = self.build_network(dict(bundle["model"]["kwargs"]))
+        net.load_state_dict(bundle["state_dict"])
+        return net.eval()
+
+    @abstractmethod
+    def predictor(self, bundle: dict[str, Any], device: str = "cpu") -> Predictor:
+        """The eager predictor of a bundle."""
+
+    @abstractmethod
+    def export_graphs(self, bundle: dict[str, Any], folder: Path) -> dict[str, Any]:
+        """Write the ONNX graph(s) into `folder`; return what `onnx_predictor` needs."""
+
+    @abstractmethod
+    def onnx_predictor(self, folder: Path, manifest: dict[str, Any], threads: int = 0) -> Predictor:
+        """The ONNX Runtime predictor of an export folder."""
+
+    # ------------------------------------------------------------------ evaluation
+    @abstractmethod
+    def evaluate(self, predictor: Predictor, datamodule: Any, split: str) -> Report:
+        """Score `split` from the predictor's own outputs at original resolution."""
+
+    @abstractmethod
+    def write_report(
+        self, report: Report, class_names: list[str], metrics_json: Path, plots_dir: Path
+    ) -> list[Path]:
+        """metrics JSON for `dvc metrics`, curves for `dvc plots`, figures for people."""
+
+    def writer(self, predictor: Predictor, out_dir: Path, overlays: bool) -> PredictionWriter:
+        return self.writer_class(predictor, out_dir, overlays)
+
+
+def bundle_meta(bundle: dict[str, Any]) -> dict[str, Any]:
+    """A bundle without weights and training metrics: what a predictor is configured by."""
+    return {k: v for k, v in bundle.items() if k not in ("state_dict", "metrics")}

@@ -1,0 +1,113 @@
+"""Score a detection predictor on a split from its own outputs, and write the report files.
+
+mAP is computed on every detection the predictor's network keeps (`detect_all`, the ranking
+COCO needs); precision, recall and F1 on what `predict` returns at the bundle's score
+threshold. Both are outputs of the same predictor on the original images, so
+`defects predict` reproduces them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from defects.kinds.base import Report, split_prefix
+from defects.kinds.fasterrcnn.predictor import DetectionPredictor
+from defects.metrics.detection import make_map_metric, pr_curves, precision_recall, summarize_map
+from defects.reports import write_metrics_json, write_pr_curves
+from defects.results import Detections
+
+EVAL_BATCH = 4
+
+
+def as_target(det: Detections) -> dict[str, torch.Tensor]:
+    """Detections as torchmetrics wants them (1-based labels, as the detector's)."""
+    return {
+        "boxes": torch.as_tensor(det.boxes, dtype=torch.float32).reshape(-1, 4),
+        "scores": torch.as_tensor(det.scores, dtype=torch.float32),
+        "labels": torch.as_tensor(det.class_ids, dtype=torch.int64) + 1,
+    }
+
+
+def score_detections(
+    ranked: list[Detections],
+    truths: list[dict[str, np.ndarray]],
+    class_names: list[str],
+    score_threshold: float,
+    prefix: str,
+) -> tuple[dict[str, float], list[dict]]:
+    """(metrics, PR rows) of detections against truth {boxes, class_ids}: mAP on `ranked`,
+    P/R/F1 on `ranked` cut at `score_threshold`."""
+    metric = make_map_metric(extended=True)
+    targets = [
+        {
+            "boxes": torch.as_tensor(t["boxes"], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.as_tensor(t["class_ids"], dtype=torch.int64) + 1,
+        }
+        for t in truths
+    ]
+    preds = [as_target(d) for d in ranked]
+    metric.update(preds, targets)
+    result = metric.compute()
+    metrics = summarize_map(result, class_names, prefix)
+    cut = [as_target(d.above(score_threshold)) for d in ranked]
+    metrics.update({f"{prefix}/{k}": v for k, v in precision_recall(cut, targets).items()})
+    return metrics, pr_curves(result, class_names)
+
+
+def evaluate(
+    predictor: DetectionPredictor, datamodule: Any, split: str, n_samples: int = 8
+) -> Report:
+    """COCO mAP, P/R/F1 at the score threshold, PR curves and a few pictures of `split`."""
+    prefix = split_prefix(split)
+    samples = datamodule.eval_samples(split)
+    ranked: list[Detections] = []
+    truths: list[dict[str, np.ndarray]] = []
+    pictures = []
+    for start in range(0, len(samples), EVAL_BATCH):
+        batch = samples[start : start + EVAL_BATCH]
+        images = [predictor.decode(s.image) for s in batch]
+        found = predictor.detect_all(images)
+        for sample, image, det in zip(batch, images, found, strict=True):
+            truth = datamodule.truth(sample)
+            ranked.append(det)
+            truths.append(truth)
+            if len(pictures) < n_samples:
+                shown = det.above(predictor.score_threshold)
+                pictures.append(
+                    (
+                        image,
+                        truth,
+                        {
+                            "boxes": shown.boxes,
+                            "class_ids": shown.class_ids.tolist(),
+                            "scores": shown.scores.tolist(),
+                        },
+                    )
+                )
+    metrics, rows = score_detections(
+        ranked, truths, predictor.class_names, predictor.score_threshold, prefix
+    )
+    return Report(metrics, prefix, {"pr_rows": rows, "pictures": pictures})
+
+
+def write_report(
+    report: Report, class_names: list[str], metrics_json: Path, plots_dir: Path
+) -> list[Path]:
+    """metrics JSON (AP per class nested), PR CSV + PNG, a predictions figure."""
+    from defects.plots import plot_predictions
+
+    prefix = report.prefix
+    outputs = [write_metrics_json(report.metrics, prefix, metrics_json, {"AP": "AP"})]
+    outputs += write_pr_curves(report.extras["pr_rows"], plots_dir, prefix)
+    if report.extras["pictures"]:
+        images, truths, preds = zip(*report.extras["pictures"], strict=True)
+        outputs.append(
+            plot_predictions(
+                images, truths, preds, class_names, plots_dir / f"{prefix}_predictions.png"
+            )
+        )
+    return outputs

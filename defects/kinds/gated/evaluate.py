@@ -1,0 +1,118 @@
+"""Score a gated segmentation predictor on a split from its own masks, tune its thresholds,
+and write what people and DVC read.
+
+Both read the images of the split at their original resolution through the predictor, and
+compare with the masks as stored, so the Dice reported is the Dice of what `predict` writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_precision_recall_curve
+
+from defects.kinds.base import Report, split_prefix
+from defects.kinds.gated.predictor import SegmentationPredictor
+from defects.kinds.gated.thresholds import ThresholdSearch, gate_scores
+from defects.metrics.segmentation import SeverstalDice
+from defects.reports import write_metrics_json, write_pr_curves
+
+EVAL_BATCH = 4
+
+
+def gate_pr_curve(gate: torch.Tensor, truth: torch.Tensor) -> list[dict]:
+    """Image-level precision/recall of the gate over all thresholds (rows like the detector's
+    PR curves, so `dvc plots` and the figure code treat both tasks alike)."""
+    if not truth.any():
+        return []
+    precision, recall, _ = binary_precision_recall_curve(gate.float(), truth.long())
+    return [
+        {"class": "gate", "recall": round(float(r), 6), "precision": round(float(p), 6)}
+        for p, r in zip(precision, recall, strict=True)
+    ]
+
+
+def _batches(predictor: SegmentationPredictor, datamodule: Any, split: str):
+    """(decoded images, truth masks [K, H, W] bool) of `split`, EVAL_BATCH at a time."""
+    samples = datamodule.eval_samples(split)
+    for start in range(0, len(samples), EVAL_BATCH):
+        batch = samples[start : start + EVAL_BATCH]
+        yield [predictor.decode(s.image) for s in batch], [datamodule.truth(s) for s in batch]
+
+
+def tune(predictor: SegmentationPredictor, datamodule: Any) -> tuple[dict[str, Any], float]:
+    """Gate, per-class pixel thresholds and minimum areas with the best validation Dice."""
+    search = ThresholdSearch()
+    for images, truths in _batches(predictor, datamodule, "valid"):
+        for indices, gate, probs in predictor.probabilities(images, gated=False):
+            truth = torch.from_numpy(np.stack([truths[i] for i in indices]))
+            search.update(gate, probs, truth)
+    thresholds, dice = search.best()
+    return thresholds.as_dict(), dice
+
+
+def evaluate(
+    predictor: SegmentationPredictor, datamodule: Any, split: str, n_samples: int = 4
+) -> Report:
+    """Kaggle Dice (all pairs, defective pairs, per class) and gate scores of `split`."""
+    prefix = split_prefix(split)
+    dice = SeverstalDice(predictor.class_names)
+    gates, present = [], []
+    pictures: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for images, truths in _batches(predictor, datamodule, split):
+        for image, truth, result in zip(
+            images, truths, predictor.predict_batch(images), strict=True
+        ):
+            dice.update(torch.from_numpy(result.masks)[None], torch.from_numpy(truth)[None])
+            gates.append(result.gate)
+            present.append(bool(truth.any()))
+            if len(pictures) < n_samples:
+                pictures.append((image, truth, result.masks))
+    metrics = {f"{prefix}/{k}": float(v) for k, v in dice.compute().items()}
+    gate_all, truth_all = np.asarray(gates), np.asarray(present)
+    scores = gate_scores(gate_all, truth_all, predictor.tuned.gate)
+    metrics.update({f"{prefix}/{k}": v for k, v in scores.items()})
+    pr = gate_pr_curve(torch.as_tensor(gate_all), torch.as_tensor(truth_all))
+    return Report(
+        metrics, prefix, {"gate_pr": pr, "pictures": pictures, "thresholds": predictor.thresholds}
+    )
+
+
+def write_report(
+    report: Report, class_names: list[str], metrics_json: Path, plots_dir: Path
+) -> list[Path]:
+    """metrics JSON for `dvc metrics` (with the thresholds used), gate PR curve, overlays."""
+    prefix = report.prefix
+    thresholds = {"thresholds": report.extras["thresholds"]}
+    outputs = [
+        write_metrics_json(
+            report.metrics, prefix, metrics_json, {"dice": "dice_per_class"}, thresholds
+        )
+    ]
+    outputs += write_pr_curves(report.extras["gate_pr"], plots_dir, prefix)
+    if report.extras["pictures"]:
+        figure = plots_dir / f"{prefix}_predictions.png"
+        outputs.append(plot_mask_predictions(report.extras["pictures"], class_names, figure))
+    return outputs
+
+
+def plot_mask_predictions(
+    samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], class_names: list[str], out: Path
+) -> Path:
+    """Truth above prediction for each sample, one colour per class."""
+    from defects.plots import image_grid, overlay_masks, save_figure
+
+    height, width = samples[0][0].shape[:2]
+    fig, axes = image_grid(
+        2 * len(samples), height / width, cell_width=max(6.0, width / 100.0), columns=1
+    )
+    for k, (image, truth, pred) in enumerate(samples):
+        for ax, masks, label in ((axes[2 * k], truth, "truth"), (axes[2 * k + 1], pred, "pred")):
+            ax.imshow(overlay_masks(image, masks), interpolation="nearest")
+            present = [class_names[c] for c in range(len(class_names)) if masks[c].any()]
+            ax.set_title(f"#{k} {label}: {', '.join(present) or 'no defects'}", fontsize=8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, out)

@@ -1,1 +1,0 @@
-"""Multi-model flows: the gated steel flow (and, later, pipe mask refinement)."""

@@ -1,0 +1,53 @@
+"""Report files every kind writes: a metrics JSON for `dvc metrics`, PR curves for `dvc plots`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from defects.formats.io import atomic_write_text
+
+
+def write_metrics_json(
+    metrics: Mapping[str, float],
+    prefix: str,
+    path: Path,
+    nest: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """`{prefix}/name` metrics as a JSON object without the prefix; `{prefix}/AP/x` goes under
+    `nest["AP"]` (e.g. {"AP": "AP"} or {"dice": "dice_per_class"}). Written whole."""
+    nest = dict(nest or {})
+    nested: dict[str, Any] = {key: {} for key in nest.values()}
+    strip = len(prefix) + 1
+    for key, value in metrics.items():
+        name = key[strip:] if key.startswith(f"{prefix}/") else key
+        group, _, leaf = name.partition("/")
+        if leaf and group in nest:
+            nested[nest[group]][leaf] = round(float(value), 6)
+        else:
+            nested[name] = round(float(value), 6)
+    nested.update(extra or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(nested, indent=2))
+    return path
+
+
+def write_pr_curves(rows: Sequence[dict], plots_dir: Path, prefix: str) -> list[Path]:
+    """`<prefix>_pr_curve.csv` ({class, recall, precision} rows) and its PNG, written whole."""
+    from defects.plots import plot_pr_curves
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, fieldnames=["class", "recall", "precision"], lineterminator="\n"
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path = plots_dir / f"{prefix}_pr_curve.csv"
+    atomic_write_text(csv_path, buffer.getvalue())
+    return [csv_path, plot_pr_curves(rows, plots_dir / f"{prefix}_pr_curve.png")]

@@ -1,0 +1,137 @@
+"""What a predictor returns, and the JSON rows, tables and overlays every front end shows.
+
+Defined once here (no torch, no web server), so `defects predict`, the Flask page, the stream
+and the benchmark format a result the same way. A kind whose results are neither boxes nor
+masks adds its own class with the same four methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Result(Protocol):
+    """The face every front end relies on; `class_names` gives the legend."""
+
+    class_names: list[str]
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready description of the result (full precision)."""
+
+    def table(self) -> tuple[list[str], list[tuple[int, list[Any]]]]:
+        """(column headers, rows of (class id for the colour swatch, cells))."""
+
+    def headline(self) -> str:
+        """One sentence a person reads first."""
+
+    def overlay(self, image: np.ndarray) -> np.ndarray:
+        """RGB uint8 copy of `image` with the result drawn on it."""
+
+
+@dataclass
+class Detections:
+    """Boxes in original pixels (x1, y1, x2, y2), class names, class ids (0-based), scores."""
+
+    boxes: np.ndarray
+    labels: list[str]
+    class_ids: np.ndarray
+    scores: np.ndarray
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def above(self, threshold: float) -> Detections:
+        """The detections scoring at least `threshold` (the predictor's own cut)."""
+        keep = self.scores >= threshold
+        return Detections(
+            self.boxes[keep],
+            [label for label, k in zip(self.labels, keep, strict=True) if k],
+            self.class_ids[keep],
+            self.scores[keep],
+            self.class_names,
+        )
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One {label, class_id, score, box} per detection, unrounded: metrics recomputed
+        from `defects predict` output must equal the evaluation's."""
+        return [
+            {
+                "label": label,
+                "class_id": int(c),
+                "score": float(s),
+                "box": [float(v) for v in box],
+            }
+            for label, c, s, box in zip(
+                self.labels, self.class_ids, self.scores, self.boxes, strict=True
+            )
+        ]
+
+    def record(self) -> dict[str, Any]:
+        return {"detections": self.rows()}
+
+    def table(self) -> tuple[list[str], list[tuple[int, list[Any]]]]:
+        rows = [
+            (int(r["class_id"]), [r["label"], f"{r['score']:.3f}", [round(v, 1) for v in r["box"]]])
+            for r in self.rows()
+        ]
+        return ["class", "score", "box (x1, y1, x2, y2)"], rows
+
+    def headline(self) -> str:
+        return f"{len(self)} detection(s)."
+
+    def overlay(self, image: np.ndarray) -> np.ndarray:
+        from defects.plots import draw_boxes_rgb
+
+        return draw_boxes_rgb(image, self.boxes, self.class_ids, self.labels, self.scores)
+
+
+@dataclass
+class SegmentationResult:
+    """Masks [K, H, W] bool at the input's size, the gate's probability, class names."""
+
+    masks: np.ndarray
+    gate: float
+    class_names: list[str]
+    gate_threshold: float = 0.0
+
+    @property
+    def present(self) -> list[str]:
+        return [name for name, mask in zip(self.class_names, self.masks, strict=True) if mask.any()]
+
+    def areas(self) -> dict[str, int]:
+        return {n: int(m.sum()) for n, m in zip(self.class_names, self.masks, strict=True)}
+
+    def record(self) -> dict[str, Any]:
+        """Only present classes, each with its area and Severstal RLE; `shape` because an RLE
+        cannot be decoded without the image size."""
+        from defects.formats.severstal import rle_encode
+
+        return {
+            "gate": round(self.gate, 6),
+            "shape": list(self.masks.shape[1:]),
+            "classes": {
+                cls: {"area": int(mask.sum()), "rle": rle_encode(mask)}
+                for cls, mask in zip(self.class_names, self.masks, strict=True)
+                if mask.any()
+            },
+        }
+
+    def table(self) -> tuple[list[str], list[tuple[int, list[Any]]]]:
+        rows = [(k, [cls, area]) for k, (cls, area) in enumerate(self.areas().items())]
+        return ["class", "area (pixels)"], rows
+
+    def headline(self) -> str:
+        verdict = ", ".join(self.present) or "no defect"
+        return (
+            f"Gate probability {self.gate:.3f} (threshold {self.gate_threshold:.2f}). "
+            f"Found: {verdict}."
+        )
+
+    def overlay(self, image: np.ndarray) -> np.ndarray:
+        from defects.plots import overlay_masks
+
+        return overlay_masks(image, self.masks)
