@@ -9,31 +9,29 @@ designs) on this CPU, step by step, so each engineering step shows what it bough
 Each bundle is a trained steel model (`defects.train task=steel model.design=...`); the
 gate decisions are the model's own, so the defect-free speed-up is real, not assumed.
 Strips are synthetic 1600x256 (generated here, in memory, from a seed; the same strips for
-every row). Timing covers tensor conversion, the gated flow and thresholding (what the line
-runs after a frame is in memory), not PNG decoding. "ungated" is the segmenter alone (no
-gate at all); "x ungated" compares each row with the ungated row of the same backend and
-batch size. Dice is the Kaggle mean over the validation split of `--data`, for each row,
-against the eager fp32 flow of the same bundle.
+every row). Gated rows time the product's predictor (`defects.load`, eager or ONNX Runtime:
+array decode, tensor conversion, the gated flow, thresholds, masks as numpy), not PNG
+decoding. "ungated" is the segmenter alone (no gate at all, the predictor's flow without
+its gate); "x ungated" compares each row with the ungated row of the same backend and batch
+size. Dice is the Kaggle mean over the validation split of `--data`, scored by the kind's
+evaluation through each predictor, against the eager predictor of the same bundle.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from defects.bundle import load_bundle
+import defects
 from defects.data.segmentation import SegmentationDataModule
 from defects.data.synthetic.steel import render_steel_strip
-from defects.kinds.gated.evaluate import evaluate_segmenter
-from defects.kinds.gated.flow import GatedFlow, export_onnx
-from defects.kinds.gated.thresholds import Thresholds, binarize
-from defects.predict import model_from_bundle
+from defects.kinds import get_kind
+from defects.kinds.gated.predictor import SegmentationPredictor
 
 
 def make_strips(count: int, defective_fraction: float, seed: int) -> list[np.ndarray]:
@@ -52,30 +50,26 @@ def make_strips(count: int, defective_fraction: float, seed: int) -> list[np.nda
 
 
 def run(
-    flow: GatedFlow, thresholds: Thresholds | None, strips: list[np.ndarray], batch: int
+    predictor: SegmentationPredictor, gated: bool, strips: list[np.ndarray], batch: int
 ) -> tuple[float, float]:
     """Seconds for all strips and the share the gate let through."""
     passed = 0
     start = time.perf_counter()
     for i in range(0, len(strips), batch):
-        chunk = np.stack(strips[i : i + batch])
-        x = torch.from_numpy(chunk).float().div_(255.0).unsqueeze(1)
-        if thresholds is None:  # the segmenter alone: the baseline the gate must beat
-            (flow.ungated(x) >= 0.5).to(torch.uint8)
+        chunk = strips[i : i + batch]
+        if not gated:  # the segmenter alone: the baseline the gate must beat
+            x = torch.from_numpy(np.stack(chunk)).float().div_(255.0).unsqueeze(1)
+            (predictor.flow.ungated(x) >= 0.5).to(torch.uint8)
             passed += len(chunk)
         else:
-            gate, probs = flow(x, thresholds.gate)
-            binarize(gate, probs, thresholds)
-            passed += int((gate.max(1).values >= thresholds.gate).sum())
+            results = predictor.predict_batch(chunk)
+            passed += sum(r.gate >= predictor.tuned.gate for r in results)
     return time.perf_counter() - start, passed / len(strips)
 
 
-def dice_of(
-    flow: GatedFlow, net: torch.nn.Module, names: list[str], thresholds: Thresholds, data: Path
-) -> float:
-    dm = SegmentationDataModule(str(data), names, num_workers=0, eval_batch_size=4)
-    report = evaluate_segmenter(net, dm.val_dataloader(), names, thresholds, "val", 0, flow)
-    return report.metrics["val/dice"]
+def dice_of(predictor: SegmentationPredictor, data: Path) -> float:
+    dm = SegmentationDataModule(str(data), predictor.class_names, num_workers=0)
+    return get_kind(predictor.kind).evaluate(predictor, dm, "valid").metrics["val/dice"]
 
 
 def main() -> None:
@@ -102,39 +96,35 @@ def main() -> None:
     print(header)
     print("|" + "---|" * 12)
     for path in args.bundle:
-        bundle = load_bundle(path)
-        net = model_from_bundle(bundle).eval()
-        names = list(bundle["class_names"])
-        thresholds = Thresholds.from_dict(bundle["thresholds"], len(names))
-        eager = GatedFlow.eager(net)
-        with tempfile.TemporaryDirectory() as tmp:
-            onnx = GatedFlow.onnx(export_onnx(net, Path(tmp) / "onnx"), threads=args.threads)
-            rows = [
-                ("ungated eager, batch 1", eager, None, 1),
-                ("gated eager, batch 1", eager, thresholds, 1),
-                ("ungated ONNX Runtime, batch 1", onnx, None, 1),
-                ("gated ONNX Runtime, batch 1", onnx, thresholds, 1),
-                (f"ungated ONNX Runtime, batch {args.batch}", onnx, None, args.batch),
-                (f"gated ONNX Runtime, batch {args.batch}", onnx, thresholds, args.batch),
-            ]
-            reference = dice_of(eager, net, names, thresholds, Path(args.data))
-            dice_onnx = dice_of(onnx, net, names, thresholds, Path(args.data))
-            ungated: dict[tuple, tuple[float, float]] = {}  # (backend, batch): (clean, mixed) s
-            for step, flow, th, batch in rows:
-                run(flow, th, clean[: max(batch, 2)], batch)  # warm-up
-                t_clean, p_clean = run(flow, th, clean, batch)
-                t_mixed, p_mixed = run(flow, th, mixed, batch)
-                if th is None:
-                    ungated[id(flow), batch] = (t_clean, t_mixed)
-                base_clean, base_mixed = ungated[id(flow), batch]
-                dice = dice_onnx if flow is onnx else reference
-                print(
-                    f"| {net.design} | {step} | {t_clean:.1f} | {len(clean) / t_clean:.1f} | "
-                    f"{base_clean / t_clean:.2f} | {p_clean:.0%} | {t_mixed:.1f} | "
-                    f"{len(mixed) / t_mixed:.1f} | {base_mixed / t_mixed:.2f} | {p_mixed:.0%} "
-                    f"| {dice:.4f} | {dice - reference:+.4f} |",
-                    flush=True,
-                )
+        eager = defects.load(path)
+        onnx = defects.load(path, backend="onnx", threads=args.threads)
+        design = eager.flow.design
+        rows = [
+            ("ungated eager, batch 1", eager, False, 1),
+            ("gated eager, batch 1", eager, True, 1),
+            ("ungated ONNX Runtime, batch 1", onnx, False, 1),
+            ("gated ONNX Runtime, batch 1", onnx, True, 1),
+            (f"ungated ONNX Runtime, batch {args.batch}", onnx, False, args.batch),
+            (f"gated ONNX Runtime, batch {args.batch}", onnx, True, args.batch),
+        ]
+        reference = dice_of(eager, Path(args.data))
+        dice_onnx = dice_of(onnx, Path(args.data))
+        ungated: dict[tuple, tuple[float, float]] = {}  # (backend, batch): (clean, mixed) s
+        for step, predictor, gated, batch in rows:
+            run(predictor, gated, clean[: max(batch, 2)], batch)  # warm-up
+            t_clean, p_clean = run(predictor, gated, clean, batch)
+            t_mixed, p_mixed = run(predictor, gated, mixed, batch)
+            if not gated:
+                ungated[predictor.backend, batch] = (t_clean, t_mixed)
+            base_clean, base_mixed = ungated[predictor.backend, batch]
+            dice = dice_onnx if predictor is onnx else reference
+            print(
+                f"| {design} | {step} | {t_clean:.1f} | {len(clean) / t_clean:.1f} | "
+                f"{base_clean / t_clean:.2f} | {p_clean:.0%} | {t_mixed:.1f} | "
+                f"{len(mixed) / t_mixed:.1f} | {base_mixed / t_mixed:.2f} | {p_mixed:.0%} "
+                f"| {dice:.4f} | {dice - reference:+.4f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

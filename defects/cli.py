@@ -132,7 +132,7 @@ def predict(
 
 
 def export(model: str, format: str = "onnx", output: str | None = None) -> str:
-    """Export a bundle for ONNX Runtime: graph(s) + export.json (default: onnx/ beside it).
+    """Export a bundle for ONNX Runtime: graph(s) + export.json (default outputs/onnx/<name>).
 
     `defects.load(folder)`, `predict --model folder` and `serve --model folder` use it.
     """

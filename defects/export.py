@@ -22,7 +22,8 @@ FORMATS = ("onnx",)
 def export_bundle(
     bundle: str | Path | dict[str, Any], output: str | Path | None = None, format: str = "onnx"
 ) -> Path:
-    """Export a bundle (path or loaded dict) to `output` (default: `onnx/` beside the bundle)."""
+    """Export a bundle (path or loaded dict) to `output` (default: outputs/onnx/<bundle's
+    folder name>, never inside the bundle's folder, which DVC may own)."""
     if format not in FORMATS:
         raise ValueError(f"--format: '{format}' is not one of {', '.join(FORMATS)}")
     if isinstance(bundle, dict):
@@ -31,7 +32,7 @@ def export_bundle(
         loaded = bundle
     else:
         loaded = load_bundle(bundle)
-        output = output or Path(bundle).parent / "onnx"
+        output = output or Path("outputs") / "onnx" / Path(bundle).resolve().parent.name
     kind = get_kind(loaded["model"]["kind"])
     out = Path(output)
     with atomic_directory(out) as tmp:

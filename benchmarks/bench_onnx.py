@@ -1,0 +1,123 @@
+"""Eager PyTorch vs ONNX Runtime, per task, through the product's predictor, on the same images.
+
+    python benchmarks/bench_onnx.py --bundle models/weld/bundle.pt --bundle models/steel/bundle.pt
+
+Each bundle is loaded twice with `defects.load` (eager, and `backend="onnx"`, which exports
+to a temporary folder), both predictors run the same in-memory synthetic images of the
+bundle's task (weld radiographs 384x256, steel strips 1600x256) at batch 1, and the figures
+are printed side by side: images/s and the ONNX/eager ratio (target >= 1.5), plus the
+largest disagreement between the two on those images. Without `--bundle` an untrained
+bundle of each task's default network is built from the configs (speed does not depend on
+the weights; the steel gate threshold is set to 0 so every strip is segmented).
+Timing covers array -> tensor -> network -> thresholds -> results, not PNG decoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import defects  # noqa: E402
+from defects.bundle import load_bundle, save_bundle  # noqa: E402
+from defects.data.synthetic import render_steel_strip, render_weld_radiograph  # noqa: E402
+
+
+def images_for(task: str, count: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if task == "steel":
+        return [render_steel_strip(rng, 1600, 256, [3] if k % 2 else [])[0] for k in range(count)]
+    return [render_weld_radiograph(rng, 384, 256, ["crack"])[0] for _ in range(count)]
+
+
+def untrained_bundle(task: str, folder: Path) -> Path:
+    """A bundle of the task's default network, built from the shipped configs."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from defects.kinds import kind_of
+
+    with initialize_config_dir(str(REPO / "defects" / "configs"), version_base="1.3"):
+        cfg = compose("config", [f"task={task}", "logger=none"])
+    torch.manual_seed(0)
+    module = instantiate(cfg.model, _convert_="all")
+    bundle = kind_of(module).bundle_from_module(module, cfg)
+    if task == "steel":
+        bundle["thresholds"] = {"gate": 0.0, "pixel": 0.5, "min_area": 0}
+    return save_bundle(folder / f"{task}.pt", task=task, **bundle)
+
+
+def time_predictor(predictor, images: list[np.ndarray], repeats: int) -> float:
+    """Median images/s over `repeats` passes after one warm-up pass."""
+    for image in images[:2]:
+        predictor.predict(image)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for image in images:
+            predictor.predict(image)
+        rates.append(len(images) / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def disagreement(task: str, eager, onnx, images: list[np.ndarray]) -> str:
+    if task == "steel":
+        differing = sum(
+            int((a.masks != b.masks).sum())
+            for a, b in zip(eager.predict_batch(images), onnx.predict_batch(images), strict=True)
+        )
+        return f"{differing} mask pixels differ"
+    box = score = 0.0
+    for image in images:
+        a, b = eager.detect_all([image])[0], onnx.detect_all([image])[0]
+        if len(a) != len(b):
+            return f"detection counts differ ({len(a)} vs {len(b)})"
+        if len(a):
+            box = max(box, float(np.abs(a.boxes - b.boxes).max()))
+            score = max(score, float(np.abs(a.scores - b.scores).max()))
+    return f"max |box| {box:.2e} px, |score| {score:.2e}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", action="append", default=[], help="trained bundle(s)")
+    parser.add_argument("--count", type=int, default=20, help="images per task")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundles = args.bundle or [str(untrained_bundle(t, Path(tmp))) for t in ("weld", "steel")]
+        print(
+            f"{args.count} images per task, batch 1, {args.threads} threads, "
+            f"torch {torch.__version__}, median of {args.repeats} passes"
+        )
+        print("| task | kind | eager img/s | ONNX img/s | ONNX / eager | agreement |")
+        print("|---|---|---|---|---|---|")
+        for path in bundles:
+            task = load_bundle(path)["task"]
+            eager = defects.load(path)
+            onnx = defects.load(path, backend="onnx", threads=args.threads)
+            images = images_for(task, args.count, seed=11)
+            rate_eager = time_predictor(eager, images, args.repeats)
+            rate_onnx = time_predictor(onnx, images, args.repeats)
+            print(
+                f"| {task} | {eager.kind} | {rate_eager:.1f} | {rate_onnx:.1f} | "
+                f"{rate_onnx / rate_eager:.2f} | {disagreement(task, eager, onnx, images)} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
