@@ -1,7 +1,7 @@
 """Detection benchmark: Lightning vs plain PyTorch training step, and mAP vs pycocotools.
 
 1. Training step. The weld DetectionModule, built from the real configs
-   (`defects/configs/model/fasterrcnn.yaml`, class names from `configs/task/weld.yaml`), trains
+   (composed as `python -m defects.train task=weld` composes it), trains
    on one fixed batch from a freshly generated synthetic weld dataset, (a) in a plain PyTorch
    loop and (b) under `lightning.Trainer`, with the same initial weights, the same seed, the
    same optimizer and LR schedule (the module's `configure_optimizers`) and the same thread
@@ -57,19 +57,25 @@ Batch = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
 # --------------------------------------------------------------------------- training step
 
 
-def load_module_config(model_yaml: Path, task_yaml: Path) -> tuple[type, dict[str, Any]]:
-    """The LightningModule class and its kwargs from the model config, class names from the task."""
-    model_cfg = OmegaConf.load(model_yaml)
-    task_cfg = OmegaConf.load(task_yaml)
-    kwargs = OmegaConf.to_container(model_cfg, resolve=False)
+def load_module_config(task: str = "weld") -> tuple[type, dict[str, Any]]:
+    """The LightningModule class and its kwargs as `python -m defects.train task=...` builds
+    them (the shared optimizer/scheduler partials instantiated)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("config", [f"task={task}", "logger=none"])
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     target = kwargs.pop("_target_")
-    kwargs["class_names"] = [str(name) for name in task_cfg.class_names]
+    for key in ("optimizer", "scheduler"):
+        kwargs[key] = instantiate(cfg.model[key])
+    kwargs["optimizer_name"] = cfg.model.optimizer._target_
     return get_class(target), kwargs
 
 
 def build_module(module_cls: type, kwargs: dict[str, Any], seed: int) -> L.LightningModule:
     L.seed_everything(seed, verbose=False)
-    return module_cls(**kwargs)
+    return module_cls(**{k: v for k, v in kwargs.items() if k != "optimizer_name"})
 
 
 def make_batch(
@@ -248,7 +254,7 @@ def bench_training(args: argparse.Namespace) -> dict[str, Any]:
     Every run starts from a fresh module built with the same seed, so all runs do the same
     work; alternating the order keeps a slow drift of the machine from favouring either loop.
     """
-    module_cls, kwargs = load_module_config(args.model_config, args.task_config)
+    module_cls, kwargs = load_module_config(args.task)
     with tempfile.TemporaryDirectory(prefix="bench_weld_") as tmp:
         batch = make_batch(
             Path(tmp) / "weld",
@@ -286,7 +292,7 @@ def bench_training(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "image_size": [args.width, args.height],
         "boxes_in_batch": sum(len(t["boxes"]) for t in batch[1]),
-        "optimizer": kwargs.get("optimizer", "sgd"),
+        "optimizer": kwargs["optimizer_name"],
         "threads": {"plain": runs["plain"][0]["threads"], "lightning": light_runs[0]["threads"]},
         "warmup": args.warmup,
         "steps": args.steps,
@@ -511,8 +517,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tolerance", type=float, default=1e-6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=("train", "map"), help="run one part only")
-    parser.add_argument("--model-config", type=Path, default=CONFIGS / "model" / "fasterrcnn.yaml")
-    parser.add_argument("--task-config", type=Path, default=CONFIGS / "task" / "weld.yaml")
+    parser.add_argument("--task", default="weld", help="task config whose model is timed")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     if min(args.steps, args.rounds, args.repeats, args.images) < 1 or args.warmup < 0:
