@@ -211,7 +211,7 @@ class DetectionDataModule(L.LightningDataModule):
 
     def save_preview(self, out_png: Path, split: str = "train") -> Path:
         """A few training images with their boxes, for people and the prepare stage."""
-        from defects.data.synthetic import save_preview
+        from defects.data.synthetic.preview import save_preview
 
         return save_preview(self.root, out_png, split=split)
 

@@ -296,7 +296,7 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def save_preview(self, out_png: Path, split: str = "train") -> Path:
         """A few training images with their masks overlaid."""
-        from defects.data.synthetic import save_steel_preview
+        from defects.data.synthetic.steel import save_steel_preview
 
         return save_steel_preview(self.root, out_png, split=split, class_names=self.class_names)
 

@@ -1,21 +1,29 @@
-"""Synthetic, fully offline default datasets (generated, never downloaded)."""
+"""Synthetic, fully offline default datasets (generated, never downloaded).
 
-from defects.data.synthetic.preview import save_preview
-from defects.data.synthetic.steel import (
-    STEEL_CLASSES,
-    generate_steel_dataset,
-    render_steel_strip,
-    save_steel_preview,
-)
-from defects.data.synthetic.weld import WELD_CLASSES, generate_weld_dataset, render_weld_radiograph
+Each task's generator is imported only when asked for, so one task's pipeline stage never
+reads (or depends on) another task's generator.
+"""
 
-__all__ = [
-    "STEEL_CLASSES",
-    "WELD_CLASSES",
-    "generate_steel_dataset",
-    "generate_weld_dataset",
-    "render_steel_strip",
-    "render_weld_radiograph",
-    "save_preview",
-    "save_steel_preview",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "save_preview": "defects.data.synthetic.preview",
+    "STEEL_CLASSES": "defects.data.synthetic.steel",
+    "generate_steel_dataset": "defects.data.synthetic.steel",
+    "render_steel_strip": "defects.data.synthetic.steel",
+    "save_steel_preview": "defects.data.synthetic.steel",
+    "WELD_CLASSES": "defects.data.synthetic.weld",
+    "generate_weld_dataset": "defects.data.synthetic.weld",
+    "render_weld_radiograph": "defects.data.synthetic.weld",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)
