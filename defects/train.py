@@ -3,7 +3,7 @@
 Composes the Hydra config, checks it before touching data, fits with Lightning, keeps the
 best checkpoint by the model's monitor metric, and lets the model's kind finish: tune its
 thresholds, score validation through its predictor, write the bundle. Returns the monitored
-metric to Hydra, so a multirun sweep (`-m model.lr=0.001,0.01`) compares real numbers.
+metric to Hydra, so a multirun sweep (`-m optimizer.lr=0.001,0.01`) compares real numbers.
 Under DDP only rank 0 finishes (thresholds, bundle, reports, plots).
 """
 
@@ -106,6 +106,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     best, score = load_best(module, trainer)
     monitor = checkpoint_callback(trainer).monitor
+    if trainer.world_size > 1:
+        # Rank 0 finishes alone: end the process group on every rank first, so the metrics
+        # that tune/evaluate compute stay local instead of waiting on ranks that returned.
+        trainer.strategy.barrier("defects.train.finish")
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     if not trainer.is_global_zero:  # rank 0 writes; the others only report the score
         return {monitor: score}
     metrics, outputs, bundle = finish(kind, module, datamodule, cfg)

@@ -162,15 +162,19 @@ class ModelKind(ABC):
         """The ONNX Runtime predictor of an export folder."""
 
     # ------------------------------------------------------------------ evaluation
-    @abstractmethod
+    #: the kind's evaluation module, with `evaluate(predictor, datamodule, split) -> Report`
+    #: and `write_report(report, class_names, metrics_json, plots_dir) -> [paths]`
+    evaluation: Any = None
+
     def evaluate(self, predictor: Predictor, datamodule: Any, split: str) -> Report:
         """Score `split` from the predictor's own outputs at original resolution."""
+        return self.evaluation.evaluate(predictor, datamodule, split)
 
-    @abstractmethod
     def write_report(
         self, report: Report, class_names: list[str], metrics_json: Path, plots_dir: Path
     ) -> list[Path]:
         """metrics JSON for `dvc metrics`, curves for `dvc plots`, figures for people."""
+        return self.evaluation.write_report(report, class_names, metrics_json, plots_dir)
 
     def writer(self, predictor: Predictor, out_dir: Path, overlays: bool) -> PredictionWriter:
         return self.writer_class(predictor, out_dir, overlays)

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from defects.kinds import register
-from defects.kinds.base import ModelKind, PredictionWriter, Report, bundle_meta
+from defects.kinds.base import ModelKind, PredictionWriter, bundle_meta
 from defects.kinds.fasterrcnn import evaluate as evaluation
 from defects.kinds.fasterrcnn.predictor import DetectionPredictor
 
@@ -22,6 +22,7 @@ class DetectionWriter(PredictionWriter):
 
 class FasterRCNNKind(ModelKind):
     name = "fasterrcnn"
+    evaluation = evaluation
     predictor_class = DetectionPredictor
     writer_class = DetectionWriter
 
@@ -61,14 +62,6 @@ class FasterRCNNKind(ModelKind):
 
         runner = OnnxDetector(folder / "detector.onnx", threads)
         return DetectionPredictor(manifest["bundle"], runner, "onnx")
-
-    def evaluate(self, predictor: Any, datamodule: Any, split: str) -> Report:
-        return evaluation.evaluate(predictor, datamodule, split)
-
-    def write_report(
-        self, report: Report, class_names: list[str], metrics_json: Path, plots_dir: Path
-    ) -> list[Path]:
-        return evaluation.write_report(report, class_names, metrics_json, plots_dir)
 
 
 KIND = register(FasterRCNNKind())

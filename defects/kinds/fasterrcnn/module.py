@@ -1,6 +1,9 @@
 """The detection LightningModule (weld now, winding's non-YOLO variant later).
 
 Hyper-parameters are plain values only, so checkpoints load with `weights_only=True`.
+Under DDP validation needs no `sync_dist`: its only numbers come from the mAP metric, whose
+`compute` gathers every rank's detections first, so all ranks log the same values. Training
+logs stay per step and per rank (rank 0's batch; an all-reduce each step buys nothing).
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ class DetectionModule(L.LightningModule):
         )
 
     def on_validation_epoch_end(self) -> None:
-        result = self.val_map.compute()
+        result = self.val_map.compute()  # synced: every rank's images, the same on each rank
         self.val_map.reset()
         self.log_dict(summarize_map(result, self.class_names, "val"))
 

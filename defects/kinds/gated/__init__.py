@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from defects.formats.io import atomic_write_text
 from defects.kinds import register
-from defects.kinds.base import ModelKind, PredictionWriter, Report, bundle_meta
+from defects.kinds.base import ModelKind, PredictionWriter, bundle_meta
 from defects.kinds.gated import evaluate as evaluation
 from defects.kinds.gated.flow import GatedFlow
 from defects.kinds.gated.predictor import SegmentationPredictor
@@ -73,6 +73,7 @@ class MaskWriter(PredictionWriter):
 
 class GatedSegmentationKind(ModelKind):
     name = "gated_segmentation"
+    evaluation = evaluation
     predictor_class = SegmentationPredictor
     writer_class = MaskWriter
 
@@ -118,14 +119,6 @@ class GatedSegmentationKind(ModelKind):
         self, folder: Path, manifest: dict[str, Any], threads: int = 0
     ) -> SegmentationPredictor:
         return SegmentationPredictor(manifest["bundle"], GatedFlow.onnx(folder, threads), "onnx")
-
-    def evaluate(self, predictor: Any, datamodule: Any, split: str) -> Report:
-        return evaluation.evaluate(predictor, datamodule, split)
-
-    def write_report(
-        self, report: Report, class_names: list[str], metrics_json: Path, plots_dir: Path
-    ) -> list[Path]:
-        return evaluation.write_report(report, class_names, metrics_json, plots_dir)
 
 
 KIND = register(GatedSegmentationKind())

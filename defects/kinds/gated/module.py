@@ -7,6 +7,10 @@ defects) + BCE of the gate against "this class is present in the crop" (or, for 
 Kaggle Dice through the gate at the configured thresholds (`val/dice*`) and of the segmenter
 alone (`val/seg_dice*`, the gate ignored): early in training the gate is closed and only the
 second shows progress. The train stage tunes the thresholds at the end.
+
+Under DDP every validation number covers all ranks' images: the Dice sums, the gate scores
+and their image truths are torchmetrics states (summed / concatenated across ranks when
+computed), and the per-rank validation loss is logged with `sync_dist`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.losses import DiceLoss
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from defects.kinds.gated.flow import pad_to_stride
 from defects.kinds.gated.net import Segmenter
@@ -49,6 +55,34 @@ def gate_targets(
     if float(cy).is_integer() and float(cx).is_integer():
         return grid.float(), F.max_pool2d(masks, (int(cy), int(cx)))
     return grid.float(), F.adaptive_max_pool2d(masks, (rows, cols))
+
+
+class GateRecords(Metric):
+    """Each validation image's gate score (max over classes) and whether it has a defect.
+
+    Both are `cat` states, so under DDP `compute` returns every rank's images, pairs kept
+    aligned (one metric, gathered rank by rank).
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("gate", default=[], dist_reduce_fx="cat")
+        self.add_state("truth", default=[], dist_reduce_fx="cat")
+
+    def update(self, gate: torch.Tensor, truth: torch.Tensor) -> None:
+        if gate.shape != truth.shape or gate.ndim != 1:
+            raise ValueError(f"gate and truth must both be [N], got {gate.shape}, {truth.shape}")
+        self.gate.append(gate.detach().float())
+        self.truth.append(truth.detach().bool())
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gate [N], truth [N] bool) over all images seen (all ranks); empty if none."""
+        # Lists of batches here; one tensor once synced across ranks.
+        if isinstance(self.gate, list) and not self.gate:
+            return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
+        return dim_zero_cat(self.gate), dim_zero_cat(self.truth)
 
 
 class SegmentationModule(L.LightningModule):
@@ -84,8 +118,7 @@ class SegmentationModule(L.LightningModule):
         self.dice_loss = DiceLoss("multilabel", from_logits=True)
         self.val_dice = SeverstalDice(self.class_names)
         self.val_seg_dice = SeverstalDice(self.class_names)
-        self._val_gate: list[torch.Tensor] = []
-        self._val_truth: list[torch.Tensor] = []
+        self.val_gate = GateRecords()
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         height, width = images.shape[-2:]
@@ -116,28 +149,28 @@ class SegmentationModule(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         images, masks = batch
         out = self(images)
-        self.log("val/loss", self.losses(out, masks)["loss"], batch_size=len(images))
+        # Each rank's own batches: averaged over ranks at epoch end (one all-reduce).
+        losses = self.losses(out, masks)
+        self.log("val/loss", losses["loss"], batch_size=len(images), sync_dist=True)
         gate = torch.sigmoid(out["gate_logits"].float())
         probs = torch.sigmoid(out["mask_logits"].float())
         self.val_dice.update(binarize(gate, probs, self.thresholds), masks.bool())
         ungated = Thresholds(0.0, self.thresholds.pixel, self.thresholds.min_area)
         self.val_seg_dice.update(binarize(gate, probs, ungated), masks.bool())
-        self._val_gate.append(gate.max(1).values.cpu())
-        self._val_truth.append(masks.flatten(1).any(1).cpu())
+        self.val_gate.update(gate.max(1).values, masks.flatten(1).any(1))
 
     def on_validation_epoch_end(self) -> None:
+        # Every value below comes from a metric that synced its states across ranks in
+        # `compute`, so all ranks log the same numbers: no `sync_dist` (no extra all-reduce).
         result = {f"val/{k}": v.float() for k, v in self.val_dice.compute().items()}
         seg = self.val_seg_dice.compute()
         result.update({f"val/seg_{k}": seg[k].float() for k in ("dice", "dice_defective")})
-        self.val_dice.reset()
-        self.val_seg_dice.reset()
-        if self._val_gate:
-            gate = torch.cat(self._val_gate).numpy()
-            truth = torch.cat(self._val_truth).numpy()
-            scores = gate_scores(gate, truth, self.thresholds.gate)
+        gate, truth = self.val_gate.compute()
+        if len(gate):
+            scores = gate_scores(gate.cpu().numpy(), truth.cpu().numpy(), self.thresholds.gate)
             result.update({f"val/{k}": torch.tensor(v) for k, v in scores.items()})
-        self._val_gate.clear()
-        self._val_truth.clear()
+        for metric in (self.val_dice, self.val_seg_dice, self.val_gate):
+            metric.reset()
         self.log_dict(result)
 
     def configure_optimizers(self) -> dict:
