@@ -48,7 +48,7 @@ class Predictor(ABC):
     def __init__(self, meta: dict[str, Any], backend: str = "eager"):
         self.meta = meta
         self.class_names: list[str] = list(meta["class_names"])
-        self.channels = int(meta["input"].get("channels", 1))
+        self.channels = input_channels(meta)
         self.backend = backend
         self.thresholds: dict[str, Any] = dict(meta["thresholds"])
         for key in self.required_thresholds():
@@ -178,6 +178,13 @@ class ModelKind(ABC):
 
     def writer(self, predictor: Predictor, out_dir: Path, overlays: bool) -> PredictionWriter:
         return self.writer_class(predictor, out_dir, overlays)
+
+
+def input_channels(bundle: dict[str, Any]) -> int:
+    """The channel count a bundle's network takes; a bundle without one is refused."""
+    if "channels" not in bundle["input"]:
+        raise ValueError("bundle input lacks 'channels' (1 = grey, 3 = RGB)")
+    return int(bundle["input"]["channels"])
 
 
 def bundle_meta(bundle: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from defects.kinds import register
-from defects.kinds.base import ModelKind, PredictionWriter, bundle_meta
+from defects.kinds.base import ModelKind, PredictionWriter, bundle_meta, input_channels
 from defects.kinds.fasterrcnn import evaluate as evaluation
 from defects.kinds.fasterrcnn.predictor import DetectionPredictor
 
@@ -51,7 +51,7 @@ class FasterRCNNKind(ModelKind):
     def export_graphs(self, bundle: dict[str, Any], folder: Path) -> dict[str, Any]:
         from defects.kinds.fasterrcnn.onnx import export_detector
 
-        channels = int(bundle["input"].get("channels", 1))
+        channels = input_channels(bundle)
         export_detector(self.network(bundle), folder / "detector.onnx", channels)
         return {"graphs": ["detector.onnx"]}
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from defects.formats.io import atomic_write_text
 from defects.kinds import register
-from defects.kinds.base import ModelKind, PredictionWriter, bundle_meta
+from defects.kinds.base import ModelKind, PredictionWriter, bundle_meta, input_channels
 from defects.kinds.gated import evaluate as evaluation
 from defects.kinds.gated.flow import GatedFlow
 from defects.kinds.gated.predictor import SegmentationPredictor
@@ -111,7 +111,7 @@ class GatedSegmentationKind(ModelKind):
     def export_graphs(self, bundle: dict[str, Any], folder: Path) -> dict[str, Any]:
         from defects.kinds.gated.flow import export_onnx
 
-        channels = int(bundle["input"].get("channels", 1))
+        channels = input_channels(bundle)
         export_onnx(self.network(bundle), folder, channels)
         return {"graphs": sorted(p.name for p in folder.glob("*.onnx"))}
 
