@@ -168,3 +168,25 @@ def test_evaluate_writes_metrics_and_plot_data(trained: dict, model_file: str) -
     assert set(report) >= {"mAP", "mAP50", "mAP50-95", "AP"}
     header = (out / "plots_dir" / "test_pr_curve.csv").read_text().splitlines()[0]
     assert header == "class,recall,precision"
+
+
+def test_onnx_export_matches_eager_detections(trained: dict, weld_root: Path, tmp_path: Path):
+    """`defects export` -> `defects.load(folder)`: same detections as the eager bundle on the
+    same images, boxes within 1e-3 px and scores within 1e-4."""
+    from defects.cli import export
+
+    bundle = trained["out"] / "model_dir" / "bundle.pt"
+    folder = Path(export(str(bundle), output=str(tmp_path / "onnx")))
+    eager, onnx = defects.load(bundle), defects.load(folder)
+    assert onnx.backend == "onnx" and onnx.class_names == eager.class_names
+    total = 0
+    for image in sorted((weld_root / "test" / "images").glob("*.png")):
+        a, b = eager.detect_all([image])[0], onnx.detect_all([image])[0]
+        assert len(a) == len(b)
+        # Equal scores may leave NMS in either order: compare in one canonical order.
+        ka, kb = (np.lexsort((*d.boxes.T[::-1], -d.scores.round(4), d.class_ids)) for d in (a, b))
+        assert np.array_equal(a.class_ids[ka], b.class_ids[kb])
+        np.testing.assert_allclose(b.boxes[kb], a.boxes[ka], atol=1e-3, rtol=0)
+        np.testing.assert_allclose(b.scores[kb], a.scores[ka], atol=1e-4, rtol=0)
+        total += len(a)
+    assert total > 0  # the comparison saw real boxes

@@ -40,8 +40,10 @@ class DetectionPredictor(Predictor):
         """Every detection the network keeps (its own floor, `box_score_thresh`): the ranking
         mAP is computed on; `predict_batch` is this cut at the score threshold."""
         tensors = [to_tensor(self.decode(image)).to(self.device) for image in images]
+        # One image per call: a batch would zero-pad mixed sizes to the largest and change
+        # the detections with the company an image keeps; per image, eager and ONNX agree.
         results = []
-        for out in self.runner(tensors):
+        for out in (self.runner([tensor])[0] for tensor in tensors):
             ids = (out["labels"] - 1).cpu().numpy()
             results.append(
                 Detections(

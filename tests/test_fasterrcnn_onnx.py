@@ -1,0 +1,153 @@
+"""The exported Faster R-CNN gives the eager detector's answer at any image size."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from defects.kinds.fasterrcnn.net import Detector
+from defects.kinds.fasterrcnn.onnx import OnnxDetector, export_detector
+
+# The weld config at the test size; every proposal scored (box_score_thresh 0) so a random
+# network yields a full list of detections to compare.
+TINY = dict(
+    arch="fasterrcnn_mobilenet_v3_large_fpn",
+    min_size=128,
+    max_size=160,
+    image_mean=[0.5] * 3,
+    image_std=[0.25] * 3,
+    returned_layers=[2, 3, 5],
+    norm_momentum=0.1,
+    representation_size=256,
+    rpn_pre_nms_top_n_test=500,
+    rpn_post_nms_top_n_test=300,
+    box_score_thresh=0.0,
+    anchor_sizes=[16, 32, 64, 128, 256],
+    aspect_ratios=[0.2, 0.5, 1.0, 2.0, 5.0],
+)
+# (height, width): the native size, down- and up-scaled, landscape and portrait, and sizes
+# whose scale factor rounds badly in float32 (200x120, 97x131).
+SIZES = [(128, 160), (256, 384), (384, 256), (200, 120), (97, 131)]
+BOX_TOL, SCORE_TOL = 1e-3, 1e-4
+
+
+def scene(height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """A grayscale radiograph-like image: a smooth ramp, a few patches, a little noise."""
+    yy, xx = torch.meshgrid(
+        torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij"
+    )
+    image = 0.3 + 0.2 * xx + 0.1 * yy
+    for _ in range(6):
+        y0 = int(torch.randint(0, height - 8, (1,), generator=generator))
+        x0 = int(torch.randint(0, width - 8, (1,), generator=generator))
+        h = int(torch.randint(4, height // 3, (1,), generator=generator))
+        w = int(torch.randint(4, width // 3, (1,), generator=generator))
+        image[y0 : y0 + h, x0 : x0 + w] += float(torch.rand(1, generator=generator)) * 0.5 - 0.25
+    image += 0.02 * torch.randn(height, width, generator=generator)
+    return image.clamp(0, 1)[None]
+
+
+def make_detector(seed: int = 0) -> Detector:
+    """A random detector whose BatchNorm statistics come from a few images: with the initial
+    statistics the features are ~1e-9, every proposal scores the same to 1e-6 and the
+    detection order is a coin toss, which would make parity meaningless."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    detector = Detector(3, **TINY)
+    model = detector.model
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the calibration pass
+    images = detector.to_rgb([scene(128, 160, generator) for _ in range(4)])
+    model.backbone.train()
+    with torch.no_grad():
+        model.backbone(model.transform(images)[0].tensors)
+    return detector.eval()
+
+
+def assert_same_detections(eager: dict, onnx: dict) -> None:
+    """Same count; then, in eager's order, each detection has an ONNX twin with the same
+    label, a box within BOX_TOL px and a score within SCORE_TOL. The twin is the one at the
+    same rank unless scores tie to within SCORE_TOL, where the order is not defined (eager
+    itself reorders such ties between 1 and 2 threads)."""
+    n = len(eager["scores"])
+    assert len(onnx["scores"]) == n
+    assert onnx["boxes"].shape == (n, 4) and onnx["boxes"].dtype == torch.float32
+    assert onnx["labels"].dtype == torch.int64 and onnx["scores"].dtype == torch.float32
+    free = torch.ones(n, dtype=torch.bool)
+    for i in range(n):
+        candidates = free & (onnx["labels"] == eager["labels"][i])
+        candidates &= (onnx["scores"] - eager["scores"][i]).abs() <= SCORE_TOL
+        diff = (onnx["boxes"] - eager["boxes"][i]).abs().amax(dim=1)
+        diff[~candidates] = float("inf")
+        j = int(diff.argmin())
+        assert diff[j] <= BOX_TOL, f"detection {i} ({eager['boxes'][i].tolist()}) has no twin"
+        free[j] = False
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Eager torch on 1 thread: OpenMP on a busy 2-core runner slows down tenfold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Detector, OnnxDetector, Path]:
+    detector = make_detector()
+    detector.train()  # export must neither need nor change eval mode
+    path = export_detector(
+        detector,
+        tmp_path_factory.mktemp("onnx") / "detector.onnx",
+        channels=1,
+        example_hw=(128, 160),
+    )
+    assert detector.training and detector.model.backbone.training
+    return detector.eval(), OnnxDetector(path, threads=2), path
+
+
+def test_export_leaves_the_detector_alone(exported) -> None:
+    detector, onnx_detector, path = exported
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
+    assert onnx_detector.channels == 1
+    # The traceable resize and RoI pooling are patched into the exported copy only.
+    assert "resize" not in vars(detector.model.transform)
+    assert "forward" not in vars(detector.model.roi_heads.box_roi_pool)
+
+
+def test_onnx_matches_eager_at_any_size(exported) -> None:
+    detector, onnx_detector, _ = exported
+    generator = torch.Generator().manual_seed(1)
+    images = [scene(h, w, generator) for h, w in SIZES]
+    # One image per call: a mixed-size eager batch is zero-padded to its largest image,
+    # which changes the features near the padded edges (the graph takes one image).
+    with torch.inference_mode():
+        eager = [detector([image])[0] for image in images]
+    onnx = onnx_detector(images)
+    for image, e, o in zip(images, eager, onnx, strict=True):
+        assert len(e["scores"]) >= 50, image.shape  # parity over a real list, not vacuous
+        assert len(e["labels"].unique()) == 2  # both classes present
+        assert_same_detections(e, o)
+        height, width = image.shape[-2:]
+        assert float(o["boxes"][:, 2].max()) <= width and float(o["boxes"][:, 3].max()) <= height
+
+
+def test_onnx_rejects_wrong_channels(exported) -> None:
+    _, onnx_detector, _ = exported
+    with pytest.raises(ValueError, match="1,H,W"):
+        onnx_detector([torch.rand(3, 64, 64)])
+
+
+def test_onnx_returns_empty_lists(exported, tmp_path: Path) -> None:
+    detector = copy.deepcopy(exported[0])
+    detector.model.roi_heads.score_thresh = 1.0  # nothing passes
+    onnx_detector = OnnxDetector(export_detector(detector, tmp_path / "d.onnx", channels=1))
+    (out,) = onnx_detector([torch.rand(1, 100, 150)])
+    assert out["boxes"].shape == (0, 4) and out["labels"].shape == (0,)
+    assert out["scores"].shape == (0,) and out["labels"].dtype == torch.int64
