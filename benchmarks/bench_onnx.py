@@ -83,9 +83,12 @@ def disagreement(task: str, eager, onnx, images: list[np.ndarray]) -> str:
         a, b = eager.detect_all([image])[0], onnx.detect_all([image])[0]
         if len(a) != len(b):
             return f"detection counts differ ({len(a)} vs {len(b)})"
-        if len(a):
-            box = max(box, float(np.abs(a.boxes - b.boxes).max()))
-            score = max(score, float(np.abs(a.scores - b.scores).max()))
+        if len(a):  # equal scores may leave NMS in either order: compare sorted
+            ka, kb = (
+                np.lexsort((*d.boxes.T[::-1], -d.scores.round(4), d.class_ids)) for d in (a, b)
+            )
+            box = max(box, float(np.abs(a.boxes[ka] - b.boxes[kb]).max()))
+            score = max(score, float(np.abs(a.scores[ka] - b.scores[kb]).max()))
     return f"max |box| {box:.2e} px, |score| {score:.2e}"
 
 
