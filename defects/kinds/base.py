@@ -20,7 +20,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from defects.data.images import decode_image
-from defects.formats.io import atomic_write_text
+from defects.formats.io import atomic_write_text, atomic_write_with
 from defects.results import Result
 
 log = logging.getLogger("defects")
@@ -112,9 +112,8 @@ class PredictionWriter:
         if self.overlays:
             from PIL import Image
 
-            Image.fromarray(result.overlay(image)).save(
-                self.out_dir / "overlays" / f"{path.stem}.png"
-            )
+            picture = Image.fromarray(result.overlay(image))
+            atomic_write_with(self.out_dir / "overlays" / f"{path.stem}.png", picture.save)
 
     def close(self) -> Path:
         report = self.out_dir / self.report_name
