@@ -5,6 +5,7 @@ net.py (Detector), module.py (DetectionModule), predictor.py, evaluate.py, onnx.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from defects.kinds import register
 from defects.kinds.base import ModelKind, PredictionWriter, bundle_meta, input_channels
 from defects.kinds.fasterrcnn import evaluate as evaluation
 from defects.kinds.fasterrcnn.predictor import DetectionPredictor
+
+log = logging.getLogger("defects")
 
 
 class DetectionWriter(PredictionWriter):
@@ -38,6 +41,11 @@ class FasterRCNNKind(ModelKind):
             "thresholds": {"score": float(hp.score_threshold)},
             "input": {"channels": int(cfg.data.channels)},
         }
+
+    def tune(self, bundle: dict[str, Any], datamodule: Any) -> dict[str, Any]:
+        thresholds, f1 = evaluation.tune(self.predictor(bundle), datamodule)
+        log.info("tuned score threshold %.2f (val F1 %.4f)", thresholds["score"], f1)
+        return thresholds
 
     def build_network(self, kwargs: dict[str, Any]) -> Any:
         from defects.kinds.fasterrcnn.net import Detector

@@ -58,6 +58,40 @@ def score_detections(
     return metrics, pr_curves(result, class_names)
 
 
+SCORE_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 ... 0.95
+
+
+def tune(predictor: DetectionPredictor, datamodule: Any) -> tuple[dict[str, Any], float]:
+    """The score threshold with the best validation F1 (IoU 0.5): what `predict` cuts at.
+
+    mAP does not depend on it; precision and recall of the delivered boxes do, and a fixed
+    0.5 is arbitrary for a model trained from scratch. Ties keep the higher threshold.
+    """
+    samples = datamodule.eval_samples("valid")
+    ranked = [
+        det
+        for start in range(0, len(samples), EVAL_BATCH)
+        for det in predictor.detect_all([s.image for s in samples[start : start + EVAL_BATCH]])
+    ]
+    truths = [datamodule.truth(s) for s in samples]
+    targets = [
+        {
+            "boxes": torch.as_tensor(t["boxes"], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.as_tensor(t["class_ids"], dtype=torch.int64) + 1,
+        }
+        for t in truths
+    ]
+    best = max(
+        SCORE_GRID,
+        key=lambda th: (
+            precision_recall([as_target(d.above(th)) for d in ranked], targets)["f1"],
+            th,
+        ),
+    )
+    f1 = precision_recall([as_target(d.above(best)) for d in ranked], targets)["f1"]
+    return {**predictor.thresholds, "score": float(best)}, f1
+
+
 def evaluate(
     predictor: DetectionPredictor, datamodule: Any, split: str, n_samples: int = 8
 ) -> Report:
