@@ -88,7 +88,7 @@ def test_checkpoint_holds_plain_values_only(trained: dict) -> None:
 def test_bundle_predictor_matches_the_model(trained: dict, weld_root: Path) -> None:
     bundle_path = trained["out"] / "model_dir" / "bundle.pt"
     bundle = load_bundle(bundle_path)
-    from defects.kinds.fasterrcnn.evaluate import SCORE_GRID
+    from defects.kinds.detection.evaluate import SCORE_GRID
 
     # The score threshold is tuned on validation F1, from the grid.
     assert bundle["class_names"] == CLASSES and bundle["thresholds"]["score"] in SCORE_GRID
@@ -113,7 +113,7 @@ def test_evaluate_equals_the_metric_of_predict_outputs(trained: dict, weld_root:
     """What evaluation reports is what `defects predict` writes: recompute mAP from
     detections.json (every detection, --threshold 0) and P/R from the default cut."""
     from defects.cli import predict
-    from defects.kinds.fasterrcnn.evaluate import score_detections
+    from defects.kinds.detection.evaluate import score_detections
     from defects.results import Detections
 
     out = trained["out"]

@@ -89,23 +89,62 @@ class DetectionDataset(Dataset):
     Target labels are 1-based because class 0 is the detector's background.
     """
 
-    def __init__(self, samples: Sequence[DetectionSample], channels: int, transform: Any = None):
+    def __init__(
+        self,
+        samples: Sequence[DetectionSample],
+        channels: int,
+        transform: Any = None,
+        mixup: float = 0.0,
+        seed: int = 0,
+    ):
         self.samples = list(samples)
         self.channels = channels
         self.transform = transform
+        self.mixup = float(mixup)
+        self.seed = seed
+        self.mosaic = MosaicSwitch(transform)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _augmented(self, index: int, rng: Any) -> tuple[np.ndarray, ...]:
         sample = self.samples[index]
         image = read_image(sample.image, self.channels)
         boxes, labels = sample.boxes, sample.labels
-        if self.transform is not None:
-            out = self.transform(image=image, bboxes=boxes, labels=labels)
-            image = out["image"]
-            boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
-            labels = np.asarray(out["labels"], dtype=np.int64)
+        if self.transform is None:
+            return image, boxes, labels
+        extra = {}
+        if self.mosaic.key:
+            self.mosaic.sync()  # this process's copy of the pipeline follows the shared flag
+            others = rng.choice(len(self.samples), size=self.mosaic.cells - 1)
+            extra[self.mosaic.key] = [self._raw(int(i)) for i in others] if self.mosaic.on else []
+        out = self.transform(image=image, bboxes=boxes, labels=labels, **extra)
+        return (
+            out["image"],
+            np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4),
+            np.asarray(out["labels"], dtype=np.int64),
+        )
+
+    def _raw(self, index: int) -> dict[str, np.ndarray]:
+        sample = self.samples[index]
+        image = read_image(sample.image, self.channels)
+        return {"image": image, "bboxes": sample.boxes, "labels": sample.labels}
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rng = None
+        if self.mosaic.key or self.mixup > 0:
+            # Per-item RNG from torch's (seeded per worker by Lightning): reproducible draws.
+            rng = np.random.default_rng([self.seed, index, int(torch.randint(1 << 30, ()))])
+        image, boxes, labels = self._augmented(index, rng)
+        if rng is not None and self.mixup > 0 and self.mosaic.on and rng.random() < self.mixup:
+            other, other_boxes, other_labels = self._augmented(
+                int(rng.integers(len(self.samples))), rng
+            )
+            if other.shape == image.shape:  # MixUp: a Beta(32, 32) blend, both boxes kept
+                lam = rng.beta(32.0, 32.0)
+                image = (image * lam + other * (1 - lam)).round().astype(np.uint8)
+                boxes = np.concatenate([boxes, other_boxes])
+                labels = np.concatenate([labels, other_labels])
         tensor = to_tensor(image)
         target = {
             "boxes": torch.from_numpy(boxes).float(),
@@ -113,6 +152,36 @@ class DetectionDataset(Dataset):
             "image_id": torch.tensor(index),
         }
         return tensor, target
+
+
+class MosaicSwitch:
+    """Whether a pipeline's albumentations `Mosaic` is on, shared with loader workers.
+
+    Mosaic needs other images passed in (its metadata key); close-mosaic turns it off for the
+    last epochs. The flag lives in shared memory, so persistent workers see the switch.
+    """
+
+    def __init__(self, transform: Any):
+        import albumentations as A
+
+        found = [t for t in getattr(transform, "transforms", []) if isinstance(t, A.Mosaic)]
+        self.key = found[0].metadata_key if found else None
+        self.cells = int(np.prod(found[0].grid_yx)) if found else 0
+        self._on = torch.ones(1, dtype=torch.bool).share_memory_()
+        self._transforms = found
+        self._p = [t.p for t in found]
+
+    @property
+    def on(self) -> bool:
+        return bool(self._on[0])
+
+    def set(self, on: bool) -> None:
+        self._on[0] = on
+        self.sync()
+
+    def sync(self) -> None:
+        for t, p in zip(self._transforms, self._p, strict=True):
+            t.p = p if self.on else 0.0
 
 
 def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -135,6 +204,7 @@ class DetectionDataModule(L.LightningDataModule):
         strict: bool = True,
         verify_images: bool = True,
         seed: int = 0,
+        mixup: float = 0.0,
     ):
         super().__init__()
         self.root = Path(root)
@@ -146,6 +216,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.strict = strict
         self.verify_images = verify_images
         self.seed = seed
+        self.mixup = mixup
         self.report = SkipReport()
         self.datasets: dict[str, DetectionDataset] = {}
 
@@ -180,7 +251,10 @@ class DetectionDataModule(L.LightningDataModule):
                 log.warning("%s/%s: %s", self.root, split, self.report.summary())
             augment = self.augment if split == "train" else None
             transform = build_transform(augment, bbox=True, seed=self.seed) if augment else None
-            self.datasets[split] = DetectionDataset(samples, self.channels, transform)
+            mixup = self.mixup if split == "train" else 0.0
+            self.datasets[split] = DetectionDataset(
+                samples, self.channels, transform, mixup, self.seed
+            )
         return self.datasets[split]
 
     def setup(self, stage: str | None = None) -> None:
@@ -213,7 +287,7 @@ class DetectionDataModule(L.LightningDataModule):
         """A few training images with their boxes, for people and the prepare stage."""
         from defects.data.synthetic.preview import save_preview
 
-        return save_preview(self.root, out_png, split=split)
+        return save_preview(self.root, out_png, split=split, channels=self.channels)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -19,6 +19,7 @@ _KINDS: dict[str, ModelKind] = {}
 BUILTIN = {
     "fasterrcnn": "defects.kinds.fasterrcnn",
     "gated_segmentation": "defects.kinds.gated",
+    "yolo": "defects.kinds.yolo",
 }
 # Names bundles written before the kinds had folders still carry.
 ALIASES = {"detector": "fasterrcnn", "segmenter": "gated_segmentation"}

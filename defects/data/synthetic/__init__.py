@@ -18,6 +18,9 @@ _WHERE = {
     "WELD_CLASSES": "defects.data.synthetic.weld",
     "generate_weld_dataset": "defects.data.synthetic.weld",
     "render_weld_radiograph": "defects.data.synthetic.weld",
+    "WINDING_CLASSES": "defects.data.synthetic.winding",
+    "generate_winding_dataset": "defects.data.synthetic.winding",
+    "render_winding_video": "defects.data.synthetic.winding",
 }
 
 __all__ = sorted(_WHERE)

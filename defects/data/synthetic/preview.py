@@ -26,7 +26,9 @@ def preview_images(root: Path, split: str, n: int) -> list[Path]:
     return images
 
 
-def save_preview(root: str | Path, out_png: str | Path, n: int = 8, split: str = "train") -> Path:
+def save_preview(
+    root: str | Path, out_png: str | Path, n: int = 8, split: str = "train", channels: int = 1
+) -> Path:
     """Draw the first ``n`` images of ``root/split`` with their labelled boxes into ``out_png``."""
     from defects.plots import draw_boxes, image_grid, save_figure  # matplotlib only when drawing
 
@@ -34,12 +36,12 @@ def save_preview(root: str | Path, out_png: str | Path, n: int = 8, split: str =
     images = preview_images(root, split, n)
     data_yaml = root / "data.yaml"
     names = list(read_class_names(data_yaml)) if data_yaml.is_file() else []
-    first = read_image(images[0])
+    first = read_image(images[0], channels)
     fig, axes = image_grid(len(images), first.shape[0] / first.shape[1])
     for ax, path in zip(axes, images, strict=True):
-        image = read_image(path)
-        height, width = image.shape
-        ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        image = read_image(path, channels)
+        height, width = image.shape[:2]
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")  # grey if 2-D
         boxes = read_yolo_labels(root / split / "labels" / f"{path.stem}.txt", len(names) or None)
         xyxy = np.array([b.to_xyxy(width, height) for b in boxes]).reshape(-1, 4)
         draw_boxes(ax, xyxy, [b.class_id for b in boxes], names)

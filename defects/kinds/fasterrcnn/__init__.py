@@ -1,6 +1,7 @@
 """The Faster R-CNN kind (torchvision): weld radiographs, NEU-DET, any YOLO-layout boxes.
 
-net.py (Detector), module.py (DetectionModule), predictor.py, evaluate.py, onnx.py.
+net.py (Detector), module.py (DetectionModule), onnx.py; the predictor and evaluation are
+the box kinds' shared ones (`defects.kinds.detection`).
 """
 
 from __future__ import annotations
@@ -12,22 +13,14 @@ from typing import Any
 from omegaconf import DictConfig
 
 from defects.kinds import register
-from defects.kinds.base import ModelKind, PredictionWriter, bundle_meta, input_channels
-from defects.kinds.fasterrcnn import evaluate as evaluation
-from defects.kinds.fasterrcnn.predictor import DetectionPredictor
+from defects.kinds.base import bundle_meta, input_channels
+from defects.kinds.detection import BoxKind, DetectionPredictor
 
 log = logging.getLogger("defects")
 
 
-class DetectionWriter(PredictionWriter):
-    report_name = "detections.json"
-
-
-class FasterRCNNKind(ModelKind):
+class FasterRCNNKind(BoxKind):
     name = "fasterrcnn"
-    evaluation = evaluation
-    predictor_class = DetectionPredictor
-    writer_class = DetectionWriter
 
     def bundle_from_module(self, module: Any, cfg: DictConfig) -> dict[str, Any]:
         hp = module.hparams
@@ -41,11 +34,6 @@ class FasterRCNNKind(ModelKind):
             "thresholds": {"score": float(hp.score_threshold)},
             "input": {"channels": int(cfg.data.channels)},
         }
-
-    def tune(self, bundle: dict[str, Any], datamodule: Any) -> dict[str, Any]:
-        thresholds, f1 = evaluation.tune(self.predictor(bundle), datamodule)
-        log.info("tuned score threshold %.2f (val F1 %.4f)", thresholds["score"], f1)
-        return thresholds
 
     def build_network(self, kwargs: dict[str, Any]) -> Any:
         from defects.kinds.fasterrcnn.net import Detector

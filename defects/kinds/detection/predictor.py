@@ -28,6 +28,8 @@ class DetectionPredictor(Predictor):
         self, meta: dict[str, Any], runner: Runner, backend: str = "eager", device: str = "cpu"
     ):
         super().__init__(meta, backend)
+        # One box predictor serves every box kind (Faster R-CNN, YOLO): the bundle says which.
+        self.kind = str(meta.get("model", {}).get("kind", self.kind))
         self.runner = runner
         self.device = device
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from defects.kinds.base import Report, split_prefix
-from defects.kinds.fasterrcnn.predictor import DetectionPredictor
+from defects.kinds.detection.predictor import DetectionPredictor
 from defects.metrics.detection import make_map_metric, pr_curves, precision_recall, summarize_map
 from defects.reports import write_metrics_json, write_pr_curves
 from defects.results import Detections

@@ -1,0 +1,38 @@
+"""What every box kind shares (Faster R-CNN, YOLO): the predictor over a kind's runner, its
+evaluation (mAP on the whole ranking, P/R/F1 at the tuned score), threshold tuning and the
+prediction writer.
+
+A box kind supplies only its network, a runner ([C, H, W] images in 0..1 -> {boxes in
+original pixels, 1-based labels, scores}, best first), the bundle and the export.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from defects.kinds.base import ModelKind, PredictionWriter
+from defects.kinds.detection import evaluate as evaluation
+from defects.kinds.detection.predictor import DetectionPredictor
+
+log = logging.getLogger("defects")
+
+
+class DetectionWriter(PredictionWriter):
+    report_name = "detections.json"
+
+
+class BoxKind(ModelKind):
+    """A kind whose predictor returns boxes; subclasses give the network and the runner."""
+
+    evaluation = evaluation
+    predictor_class = DetectionPredictor
+    writer_class = DetectionWriter
+
+    def tune(self, bundle: dict[str, Any], datamodule: Any) -> dict[str, Any]:
+        thresholds, f1 = evaluation.tune(self.predictor(bundle), datamodule)
+        log.info("tuned score threshold %.2f (val F1 %.4f)", thresholds["score"], f1)
+        return thresholds
+
+
+__all__ = ["BoxKind", "DetectionPredictor", "DetectionWriter"]

@@ -1,0 +1,75 @@
+"""Letterbox -> network (eager or ONNX) -> NMS -> original pixels, for the box predictor.
+
+A runner is what `DetectionPredictor` calls (a list of [C, H, W] images in 0..1 -> a list
+of {boxes, 1-based labels, scores}); the YOLO kind differs from Faster R-CNN only here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from defects.kinds.yolo.boxes import decode, letterbox
+
+Network = Callable[[torch.Tensor], torch.Tensor]
+
+
+class YoloRunner:
+    def __init__(self, network: Network, postprocess: dict[str, Any]):
+        self.network = network
+        self.size = int(postprocess["imgsz"])
+        self.conf = float(postprocess["conf"])
+        self.iou = float(postprocess["iou"])
+        self.max_det = int(postprocess["max_det"])
+
+    def __call__(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for image in images:
+            canvas, place = letterbox(image, self.size)
+            raw = self.network(canvas)[0].cpu()
+            out.append(decode(raw, place, self.conf, self.iou, self.max_det))
+        return out
+
+
+class OnnxNetwork:
+    """The exported YOLO graph in ONNX Runtime: [1, C, S, S] -> [1, 4 + classes, anchors]."""
+
+    def __init__(self, path: Path, threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (raw,) = self.session.run(None, {self.input: np.ascontiguousarray(x.numpy())})
+        return torch.from_numpy(raw)
+
+
+def export_yolo(net: torch.nn.Module, path: Path, channels: int, size: int) -> Path:
+    """Trace the network at a fixed letterbox size (the predictor always feeds that size)."""
+    import copy
+
+    net = copy.deepcopy(net).eval()
+    net.export_mode(True)
+    dummy = torch.rand(1, channels, size, size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            net,
+            (dummy,),
+            str(path),
+            input_names=["images"],
+            output_names=["raw"],
+            opset_version=17,
+            dynamo=False,
+        )
+    return path
