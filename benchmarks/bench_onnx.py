@@ -10,6 +10,14 @@ largest disagreement between the two on those images. Without `--bundle` an untr
 bundle of each task's default network is built from the configs (speed does not depend on
 the weights; the steel gate threshold is set to 0 so every strip is segmented).
 Timing covers array -> tensor -> network -> thresholds -> results, not PNG decoding.
+
+Fairness: both backends get `--threads` threads, a warm-up pass and the same images; eager
+runs under `torch.inference_mode` (the predictor's own). Eager and ONNX passes alternate and
+the ratio is the median of per-pair ratios, so a load change on a shared machine hits both
+alike. ONNX Runtime's workers sleep when idle (`OnnxDetector` turns spinning off), so torch's
+OpenMP workers are told to as well (OMP_WAIT_POLICY=PASSIVE unless set): spinning workers on
+a busy 2-core machine made eager at 2 threads ~10x slower, a figure about the load, not the
+backend.
 """
 
 from __future__ import annotations
@@ -21,6 +29,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+# Read once, when torch loads its OpenMP runtime: must precede `import torch`.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -58,17 +69,25 @@ def untrained_bundle(task: str, folder: Path) -> Path:
     return save_bundle(folder / f"{task}.pt", task=task, **bundle)
 
 
-def time_predictor(predictor, images: list[np.ndarray], repeats: int) -> float:
-    """Median images/s over `repeats` passes after one warm-up pass."""
-    for image in images[:2]:
-        predictor.predict(image)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def time_pair(eager, onnx, images: list[np.ndarray], repeats: int) -> tuple[float, float, float]:
+    """Median images/s of each backend and median ONNX/eager ratio over `repeats` pairs of
+    passes, after one warm-up pass of each. The order within a pair alternates so that
+    neither backend is always the one timed second (a load that builds up or fades across
+    a pair would otherwise favour one side every time)."""
+    for predictor in (eager, onnx):
         for image in images:
             predictor.predict(image)
-        rates.append(len(images) / (time.perf_counter() - start))
-    return statistics.median(rates)
+    rates: dict[str, list[float]] = {"eager": [], "onnx": []}
+    for repeat in range(repeats):
+        order = [("eager", eager), ("onnx", onnx)]
+        for name, predictor in order if repeat % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            for image in images:
+                predictor.predict(image)
+            rates[name].append(len(images) / (time.perf_counter() - start))
+    ratios = [o / e for o, e in zip(rates["onnx"], rates["eager"], strict=True)]
+    median = statistics.median
+    return median(rates["eager"]), median(rates["onnx"]), median(ratios)
 
 
 def disagreement(task: str, eager, onnx, images: list[np.ndarray]) -> str:
@@ -96,15 +115,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", action="append", default=[], help="trained bundle(s)")
     parser.add_argument("--count", type=int, default=20, help="images per task")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="pairs of timed passes")
+    parser.add_argument(
+        "--task", action="append", choices=("weld", "steel"), help="untrained bundle(s) to time"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        bundles = args.bundle or [str(untrained_bundle(t, Path(tmp))) for t in ("weld", "steel")]
+        tasks = args.task or ["weld", "steel"]
+        bundles = args.bundle or [str(untrained_bundle(t, Path(tmp))) for t in tasks]
         print(
             f"{args.count} images per task, batch 1, {args.threads} threads, "
-            f"torch {torch.__version__}, median of {args.repeats} passes"
+            f"torch {torch.__version__}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+            f"medians of {args.repeats} interleaved pairs of passes"
         )
         print("| task | kind | eager img/s | ONNX img/s | ONNX / eager | agreement |")
         print("|---|---|---|---|---|---|")
@@ -113,11 +137,10 @@ def main() -> None:
             eager = defects.load(path)
             onnx = defects.load(path, backend="onnx", threads=args.threads)
             images = images_for(task, args.count, seed=11)
-            rate_eager = time_predictor(eager, images, args.repeats)
-            rate_onnx = time_predictor(onnx, images, args.repeats)
+            rate_eager, rate_onnx, ratio = time_pair(eager, onnx, images, args.repeats)
             print(
                 f"| {task} | {eager.kind} | {rate_eager:.1f} | {rate_onnx:.1f} | "
-                f"{rate_onnx / rate_eager:.2f} | {disagreement(task, eager, onnx, images)} |",
+                f"{ratio:.2f} | {disagreement(task, eager, onnx, images)} |",
                 flush=True,
             )
 

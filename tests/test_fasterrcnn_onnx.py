@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torchvision.ops import MultiScaleRoIAlign
 
 from defects.kinds.fasterrcnn.net import Detector
-from defects.kinds.fasterrcnn.onnx import OnnxDetector, export_detector
+from defects.kinds.fasterrcnn.onnx import OnnxDetector, _PoolThenHead, export_detector
 
 # The weld config at the test size; every proposal scored (box_score_thresh 0) so a random
 # network yields a full list of detections to compare.
@@ -117,8 +120,10 @@ def test_export_leaves_the_detector_alone(exported) -> None:
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
     assert onnx_detector.channels == 1
     # The traceable resize and RoI pooling are patched into the exported copy only.
+    heads = detector.model.roi_heads
     assert "resize" not in vars(detector.model.transform)
-    assert "forward" not in vars(detector.model.roi_heads.box_roi_pool)
+    assert type(heads.box_roi_pool) is MultiScaleRoIAlign
+    assert not isinstance(heads.box_head, torch.nn.Identity)
 
 
 def test_onnx_matches_eager_at_any_size(exported) -> None:
@@ -136,6 +141,68 @@ def test_onnx_matches_eager_at_any_size(exported) -> None:
         assert_same_detections(e, o)
         height, width = image.shape[-2:]
         assert float(o["boxes"][:, 2].max()) <= width and float(o["boxes"][:, 3].max()) <= height
+
+
+class _PoolGraph(torch.nn.Module):
+    """Three FPN maps and boxes in, box-head features out: the pooling step alone."""
+
+    def __init__(self, pool: torch.nn.Module, image_hw: tuple[int, int]):
+        super().__init__()
+        self.pool, self.image_hw = pool, image_hw
+
+    def forward(
+        self, f0: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor, boxes: torch.Tensor
+    ) -> torch.Tensor:
+        return self.pool({"0": f0, "1": f1, "2": f2}, [boxes], [self.image_hw])
+
+
+def test_pooling_matches_torchvision_on_every_level(tmp_path: Path) -> None:
+    """Boxes on all three FPN levels, then none beyond the first: the detector tests'
+    images are too small for a box to reach level 1 (sqrt(area) >= 224 px), so the
+    per-level head and the permutation back to proposal order are checked here, in eager
+    and in the graph, against torchvision's pool followed by the head."""
+    heads = make_detector().model.roi_heads
+    image_hw = (640, 768)
+    generator = torch.Generator().manual_seed(2)
+    maps = [torch.randn(1, 256, 80 // k, 96 // k, generator=generator) for k in (1, 2, 4)]
+
+    def boxes(sides: list[float]) -> torch.Tensor:
+        corner = torch.rand(len(sides), 2, generator=generator) * 100
+        side = torch.tensor(sides)[:, None] * torch.tensor([1.0, 0.8])
+        return torch.cat([corner, corner + side], dim=1)
+
+    mixed = boxes([20, 400, 60, 600, 30, 300, 550, 250])  # levels 0, 1, 2 interleaved
+    small = boxes([20, 50, 120])  # level 0 only
+
+    def reference(b: torch.Tensor) -> torch.Tensor:
+        pooled = heads.box_roi_pool(dict(zip("012", maps, strict=True)), [b], [image_hw])
+        return heads.box_head(pooled)
+
+    fused = _PoolGraph(_PoolThenHead(heads.box_roi_pool, heads.box_head), image_hw).eval()
+    with torch.inference_mode():
+        for b in (mixed, small):
+            torch.testing.assert_close(fused(*maps, b), reference(b), rtol=0, atol=1e-6)
+        assert set(heads.box_roi_pool.map_levels([mixed]).tolist()) == {0, 1, 2}
+    path = tmp_path / "pool.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings, as in export_detector
+        torch.onnx.export(
+            fused,
+            (*maps, mixed),
+            path,
+            input_names=["f0", "f1", "f2", "boxes"],
+            dynamic_axes={"boxes": {0: "n"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for b in (mixed, small):
+        feeds = dict(zip(["f0", "f1", "f2", "boxes"], (t.numpy() for t in (*maps, b)), strict=True))
+        with torch.inference_mode():
+            expected = reference(b).numpy()
+        np.testing.assert_allclose(session.run(None, feeds)[0], expected, rtol=0, atol=1e-5)
 
 
 def test_onnx_rejects_wrong_channels(exported) -> None:
