@@ -348,3 +348,12 @@ def test_bundle_loads_weights_only_and_export_matches_eager(
         assert (a.class_ids[:n] == b.class_ids[:n]).all()
         found += len(eager.predict(images[0]))
     assert found
+
+
+def test_colab_gpu_config_composes_for_winding(tmp_path: Path) -> None:
+    """`trainer=gpu` (16-mixed) composes with the YOLO kind: manual optimisation keeps
+    Lightning's gradient clipping off, so the trainer must not set it either."""
+    cfg = compose_config([*winding_overrides(tmp_path, tmp_path), "trainer=gpu"])
+    assert cfg.trainer.precision == "16-mixed" and cfg.trainer.accelerator == "gpu"
+    assert cfg.trainer.get("gradient_clip_val") is None
+    assert cfg.model._target_.endswith("YoloModule") and cfg.model.channels == 3
