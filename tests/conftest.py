@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,18 @@ TINY_SEGMENTER = [
     "model.net.decoder_channels=[16,16,16,16,16]",
     "model.net.gate_encoder=timm-efficientnet-b0",
 ]
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the test: training tests on two shared cores run faster and
+    steadier so (OpenMP threads wait on each other while the cores are taken)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

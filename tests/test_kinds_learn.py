@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from defects.data.synthetic import generate_steel_dataset, generate_weld_dataset
 from defects.train import train
@@ -30,12 +28,7 @@ STEEL = dict(width=320, height=64, seed=5, defect_free_fraction=0.25)
 IMAGES = 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def memorise_split(root: Path) -> Path:
