@@ -1,7 +1,6 @@
 """The YOLO kind: adapter contract, recipe pieces, NMS, learning, export parity, no side effects.
 
-Needs the `yolo` extra (in `dev`); without it these tests are skipped and
-`test_without_the_extra_winding_says_which_to_install` still runs.
+Needs the `yolo` extra (CI installs `.[dev,yolo]`); without it the module is skipped.
 """
 
 from __future__ import annotations
@@ -17,12 +16,17 @@ import numpy as np
 import pytest
 import torch
 
+from defects.kinds.yolo import adapter  # imports no Ultralytics by itself
 from defects.kinds.yolo.boxes import decode, letterbox
 from defects.kinds.yolo.recipe import ModelEMA, Warmup, parameter_groups
 from tests.conftest import compose_config
 
-ultra = pytest.importorskip("ultralytics")
-from defects.kinds.yolo import adapter  # noqa: E402
+# Skip without the extra, and never import Ultralytics unguarded at collection: its import
+# changes process-wide state (threads, torch.save, warning filters) for every other test.
+pytestmark = [
+    pytest.mark.skipif(not adapter.available(), reason="needs the yolo extra"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["gap", "crossed_turn", "loose_loop", "bulge"]
@@ -41,7 +45,6 @@ OVERFIT = [
 ]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def winding_frames(root: Path, memorise: bool = True) -> Path:
@@ -96,7 +99,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[float]
 
 # ---------------------------------------------------------------- adapter contract
 def test_adapter_contract_of_the_apis_it_uses() -> None:
-    assert ultra.__version__ == adapter.VERSION
+    assert adapter.ultralytics()["ultralytics"].__version__ == adapter.VERSION
     spec = adapter.model_yaml("yolo12n.yaml")
     assert spec["scale"] == "n" and {"backbone", "head", "scales"} <= set(spec)
     model = adapter.detection_model(spec, num_classes=4, channels=3)
@@ -129,10 +132,13 @@ def test_importing_ultralytics_leaves_the_process_as_it_was(tmp_path: Path) -> N
     work.mkdir()
     code = (
         "import torch, os, json\n"
+        "from PIL import Image\n"
+        "opener = Image.open\n"
         "before = (torch.get_num_threads(), torch.save, os.environ.get('OMP_NUM_THREADS'))\n"
         "from defects.kinds.yolo import adapter\n"
         "adapter.detection_model(adapter.model_yaml('yolo12n.yaml'), 4, 3)\n"
         "after = (torch.get_num_threads(), torch.save, os.environ.get('OMP_NUM_THREADS'))\n"
+        "assert Image.open is opener, 'PIL.Image.open was replaced'\n"
         "print(json.dumps([before[0], after[0], before[1] is after[1], before[2], after[2]]))\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "YOLO_CONFIG_DIR")}

@@ -8,7 +8,12 @@ package changes its internals between minor versions, so the version is pinned e
 Importing Ultralytics has side effects this module undoes or prevents:
 - it sets `OMP_NUM_THREADS=1` when unset (torch would then run on one core): restored;
 - it replaces `torch.save` with a retrying wrapper: restored;
+- it replaces `PIL.Image.open` with one that, on an unidentified file, tries to install and
+  register a HEIF plugin (our decoder's "not an image" error became "No module named
+  'pi_heif'"): restored;
 - it calls `cv2.setNumThreads(0)` and changes numpy/torch print options: restored;
+  (the warning filters it adds -- ignoring a few deprecation and ONNX-tracer warnings -- are
+  left: the libraries it imports add theirs in the same list, and those must stay);
 - it writes a settings file under the home folder unless `YOLO_CONFIG_DIR` is set: pointed at
   a folder under the working directory (`.cache/ultralytics`), a run's own folder;
 - it checks DNS unless `YOLO_OFFLINE`: set.
@@ -43,6 +48,7 @@ def _guarded_import() -> dict[str, Any]:
     """Import the Ultralytics modules we use, leaving the process as it was before."""
     import cv2
     import numpy as np
+    from PIL import Image
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
@@ -53,6 +59,7 @@ def _guarded_import() -> dict[str, Any]:
     cv2_threads = cv2.getNumThreads()
     saver = torch.save
     np_print = np.get_printoptions()
+    pil_open = Image.open
     torch_print = torch._tensor_str.PRINT_OPTS.__dict__.copy()
     try:
         modules = {
@@ -76,6 +83,7 @@ def _guarded_import() -> dict[str, Any]:
         torch.save = saver
         np.set_printoptions(**np_print)
         torch.set_printoptions(**torch_print)
+        Image.open = pil_open
     installed = getattr(modules["ultralytics"], "__version__", "?")
     if installed != VERSION:
         raise MissingExtraError(
