@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -104,6 +104,18 @@ def plan_split(
             classes = [int(j) for j in rng.choice(len(weights), size=k, p=weights)]
         plan.append((child, classes))
     return plan
+
+
+def check_class_names(class_names: Sequence[str], known: Iterable[str]) -> list[str]:
+    """The class names as strings: non-empty, unique, each one the generator can draw."""
+    names = [str(n) for n in class_names]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"class_names must be non-empty and unique, got {names}")
+    known = list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"no renderer for classes {unknown}; known: {known}")
+    return names
 
 
 def check_size(width: int, height: int, min_width: int, min_height: int) -> None:

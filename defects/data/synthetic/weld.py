@@ -21,6 +21,7 @@ from defects.data.synthetic.common import (
     SHIFT,
     SPLITS,
     along,
+    check_class_names,
     check_size,
     check_split_args,
     draw_polyline,
@@ -362,12 +363,7 @@ def generate_weld_dataset(
     its own ``np.random.default_rng([seed, split_index])`` so that resizing one split leaves the
     others byte-identical. Returns ``{"images", "boxes", "defect_free", "seed"}`` counts.
     """
-    names = [str(n) for n in class_names]
-    if not names or len(set(names)) != len(names):
-        raise ValueError(f"class_names must be non-empty and unique, got {names}")
-    unknown = [n for n in names if n not in DEFECT_RENDERERS]
-    if unknown:
-        raise ValueError(f"no renderer for classes {unknown}; known: {sorted(DEFECT_RENDERERS)}")
+    names = check_class_names(class_names, sorted(DEFECT_RENDERERS))
     weights = normalized_weights(names, class_weights)
     counts = check_split_args(n_train, n_valid, n_test, defect_free_fraction, max_defects)
     check_size(width, height, MIN_WIDTH, MIN_HEIGHT)

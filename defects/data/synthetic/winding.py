@@ -24,6 +24,7 @@ import numpy as np
 from defects.data.synthetic.common import (
     SHIFT,
     SPLITS,
+    check_class_names,
     check_size,
     check_split_args,
     fixed_point,
@@ -1073,12 +1074,7 @@ def generate_winding_dataset(
     write an animated GIF of the first train video with defects (else the first video), boxes
     drawn. Returns counts of videos, frames and boxes per split/class, and defect-free videos.
     """
-    names = [str(n) for n in class_names]
-    if not names or len(set(names)) != len(names):
-        raise ValueError(f"class_names must be non-empty and unique, got {names}")
-    unknown = [n for n in names if n not in WINDING_CLASSES]
-    if unknown:
-        raise ValueError(f"no renderer for classes {unknown}; known: {list(WINDING_CLASSES)}")
+    names = check_class_names(class_names, WINDING_CLASSES)
     weights = normalized_weights(names, class_weights)
     counts = check_split_args(n_train, n_valid, n_test, defect_free_fraction, max_defects)
     check_size(width, height, MIN_WIDTH, MIN_HEIGHT)
