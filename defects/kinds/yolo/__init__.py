@@ -18,9 +18,7 @@ from omegaconf import DictConfig
 from defects.kinds import register
 from defects.kinds.base import bundle_meta, input_channels
 from defects.kinds.detection import BoxKind, DetectionPredictor
-from defects.kinds.yolo.runner import OnnxNetwork, YoloRunner, export_yolo
-
-POSTPROCESS_KEYS = ("imgsz", "conf", "iou", "max_det")
+from defects.kinds.yolo.runner import POSTPROCESS_KEYS, OnnxNetwork, YoloRunner, export_yolo
 
 
 class YoloKind(BoxKind):

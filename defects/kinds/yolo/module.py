@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from defects.kinds.yolo import adapter
-from defects.kinds.yolo.boxes import decode, letterbox
+from defects.kinds.yolo.boxes import letterbox
 from defects.kinds.yolo.net import YoloNet
 from defects.kinds.yolo.recipe import ModelEMA, Warmup, parameter_groups
+from defects.kinds.yolo.runner import POSTPROCESS_KEYS, YoloRunner
 from defects.metrics.detection import make_map_metric, summarize_map
 
 
@@ -148,14 +149,8 @@ class YoloModule(L.LightningModule):
     # ------------------------------------------------------------------ validation
     def detect(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """The predictor's path on the EMA weights: letterbox, network, NMS, original pixels."""
-        out = []
-        for image in images:
-            canvas, place = letterbox(image, self.hparams.imgsz)
-            raw = self(canvas)[0]
-            out.append(
-                decode(raw, place, self.hparams.conf, self.hparams.iou, self.hparams.max_det)
-            )
-        return out
+        postprocess = {key: self.hparams[key] for key in POSTPROCESS_KEYS}
+        return YoloRunner(self, postprocess)(images)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         images, targets = batch

@@ -16,6 +16,8 @@ import torch
 from defects.kinds.yolo.boxes import decode, letterbox
 
 Network = Callable[[torch.Tensor], torch.Tensor]
+#: what a bundle's `model.postprocess` holds (the module's hyper-parameters of the same names)
+POSTPROCESS_KEYS = ("imgsz", "conf", "iou", "max_det")
 
 
 class YoloRunner:
