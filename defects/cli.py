@@ -8,6 +8,15 @@ python -m defects predict --model models/steel/bundle.pt --input data/steel/test
 python -m defects export --model models/steel/bundle.pt --format onnx
 python -m defects predict --model models/steel/onnx --input data/steel/test/images
 python -m defects serve --model models/steel/bundle.pt --port 8000 --backend onnx
+python -m defects serve --model models/weld/bundle.pt --source line3.mp4 --confidence 0.6
+python -m defects extract_frames line3.mp4 frames/line3 --every_seconds 0.5
+python -m defects cut_chunks line3.mp4 chunks/line3 --seconds 60
+python -m defects prelabel models/weld/bundle.pt frames/line3 prelabels/line3 --confidence 0.3
+python -m defects yolo_to_cvat data/weld/train annotations.xml
+python -m defects cvat_to_yolo annotations.xml data/new/labels --data_yaml data/new/data.yaml
+python -m defects cvat_video_to_yolo annotations.xml labels/line3 --name_pattern "line3_{:06d}"
+python -m defects import_cvat_yolo cvat_export_yolo data/line3
+python -m defects sanitize data/raw_photos --dry_run
 """
 
 from __future__ import annotations
@@ -147,16 +156,140 @@ def serve(
     port: int = 8000,
     max_upload_mb: int = 32,
     backend: str = "eager",
+    source: str | int | None = None,
+    confidence: float | None = None,
+    loop: bool = True,
+    no_loop: bool = False,
+    realtime: bool = True,
 ) -> None:
     """Serve a bundle or export as an upload page (/), /predict, /api/predict and /health.
 
-    Flask's own server: for a bench or a local demo, not for exposure to the internet.
+    `--source` (a video file, a camera index such as 0, or an http:// / rtsp:// URL) adds
+    live inspection: the page shows the video with the model's overlay (/video_feed, MJPEG)
+    and its figures (/api/stats). A file plays at its frame rate and starts over at its end
+    (`--no-loop`: the stream ends); a lost camera or URL is retried with back-off.
+    `--confidence`: the score cut of a detection bundle (stream and uploads alike).
+    Binds 127.0.0.1 unless `--host` says otherwise. Flask's own server (threaded, one thread
+    per viewer): for a bench or a local demo, not for exposure to the internet.
     """
     from defects.predict import load
-    from defects.serve import create_app
+    from defects.serve import STREAM_EXTENSION, create_app
+    from defects.stream import StreamConfig, parse_source
 
-    app = create_app(load(model, backend=backend), max_upload_mb=int(max_upload_mb))
-    app.run(host=host, port=int(port))
+    if source is not None:
+        parse_source(source)  # a missing file is an error before the model loads
+    predictor = load(model, backend=backend)
+    if confidence is not None:
+        if not 0.0 <= float(confidence) <= 1.0:
+            raise ValueError(f"--confidence must be within [0, 1], got {confidence}")
+        if predictor.main_threshold == "score":
+            predictor.set_threshold(float(confidence))
+    stream = None
+    if source is not None:
+        stream = StreamConfig(
+            source=source,
+            loop=bool(loop) and not bool(no_loop),
+            realtime=bool(realtime),
+            confidence=None if confidence is None else float(confidence),
+        )
+    app = create_app(predictor, max_upload_mb=int(max_upload_mb), stream=stream)
+    try:
+        app.run(host=host, port=int(port), threaded=True)
+    finally:
+        live = app.extensions.get(STREAM_EXTENSION)
+        if live is not None:
+            live.close()
+
+
+def extract_frames(
+    video: str,
+    out_dir: str,
+    every_k: int | None = None,
+    every_seconds: float | None = None,
+    prefix: str | None = None,
+    ext: str = "jpg",
+) -> str:
+    """Save every k-th frame (or one per period) as <prefix or stem>_<frame:06d>.<ext>."""
+    from defects.video.chunks import extract_frames as run
+
+    step = None if every_k is None else int(every_k)
+    written = run(video, out_dir, step, every_seconds, prefix, ext)
+    return f"{len(written)} frames written to {out_dir}"
+
+
+def cut_chunks(video: str, out_dir: str, seconds: float = 60.0) -> str:
+    """Cut a long video into `seconds`-long mp4 chunks for CVAT, with manifest.csv."""
+    from defects.video.chunks import MANIFEST
+    from defects.video.chunks import cut_chunks as run
+
+    rows = run(video, out_dir, float(seconds))
+    return f"{len(rows)} chunks written to {out_dir} (frame ranges in {MANIFEST})"
+
+
+def yolo_to_cvat(
+    source: str, out_xml: str, labels_dir: str | None = None, names: str | None = None
+) -> str:
+    """CVAT for images 1.1 XML of a YOLO split (split/images + split/labels) or images folder.
+
+    `names`: a data.yaml, or "a,b,c"; default the data.yaml of the split or dataset.
+    """
+    from defects.formats.cvat import yolo_to_cvat as run
+
+    class_names: Any = names
+    if names is not None and not str(names).endswith((".yaml", ".yml")):
+        class_names = [str(n).strip() for n in as_list(names)]
+    return str(run(source, labels_dir, class_names, out_xml))
+
+
+def cvat_to_yolo(xml: str, labels_dir: str, data_yaml: str | None = None) -> dict:
+    """YOLO label files (one per image, empty = defect-free) from CVAT for images 1.1 XML."""
+    from defects.formats.cvat import cvat_to_yolo as run
+
+    return run(xml, labels_dir, data_yaml)
+
+
+def cvat_video_to_yolo(
+    xml: str, labels_dir: str, name_pattern: str = "frame_{:06d}", data_yaml: str | None = None
+) -> dict:
+    """Per-frame YOLO labels from CVAT for video 1.1 XML (tracks interpolated as CVAT does)."""
+    from defects.formats.cvat import cvat_video_to_yolo as run
+
+    return run(xml, labels_dir, name_pattern, data_yaml)
+
+
+def import_cvat_yolo(folder: str, out_dir: str) -> dict:
+    """An unzipped CVAT "YOLO 1.1" export as out_dir/images, out_dir/labels, data.yaml."""
+    from defects.formats.cvat import import_cvat_yolo_export
+
+    return import_cvat_yolo_export(folder, out_dir)
+
+
+def sanitize(folder: str, dry_run: bool = False) -> str:
+    """Rename files to safe ASCII names (labels follow images); renames.csv keeps old names.
+
+    `--dry_run` prints the plan and changes nothing.
+    """
+    from defects.formats.sanitize import apply_sanitize, plan_sanitize
+
+    plan = plan_sanitize(folder)
+    for old, new in plan:
+        print(f"{old.as_posix()} -> {new.as_posix()}")
+    if dry_run or not plan:
+        return f"{len(plan)} renames planned" + (" (dry run: nothing changed)" if dry_run else "")
+    return f"{len(plan)} files renamed; old names in {apply_sanitize(folder, plan)}"
+
+
+def prelabel(
+    model: str,
+    frames_dir: str,
+    out_dir: str,
+    confidence: float = 0.25,
+    backend: str = "eager",
+) -> dict:
+    """Boxes from a detection bundle as YOLO labels + annotations.xml for review in CVAT."""
+    from defects.prelabel import prelabel as run
+
+    return run(model, frames_dir, out_dir, float(confidence), backend)
 
 
 COMMANDS = {
@@ -166,6 +299,14 @@ COMMANDS = {
     "predict": predict,
     "export": export,
     "serve": serve,
+    "extract_frames": extract_frames,
+    "cut_chunks": cut_chunks,
+    "prelabel": prelabel,
+    "yolo_to_cvat": yolo_to_cvat,
+    "cvat_to_yolo": cvat_to_yolo,
+    "cvat_video_to_yolo": cvat_video_to_yolo,
+    "import_cvat_yolo": import_cvat_yolo,
+    "sanitize": sanitize,
 }
 
 
@@ -179,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     offline_environment()
     try:
         fire.Fire(COMMANDS, command=argv)
-    except (ConfigError, FormatError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, FormatError, FileNotFoundError, FileExistsError, ValueError) as exc:
         raise SystemExit(f"defects: {exc}") from None
 
 

@@ -6,11 +6,18 @@ import contextlib
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_with", "atomic_directory"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_with",
+    "atomic_directory",
+    "staged_directory",
+]
 
 
 def _sibling(path: Path, tag: str) -> Path:
@@ -117,3 +124,32 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
     if old is not None:
         _remove(old)
+
+
+@contextmanager
+def staged_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A folder to write into whose files appear under `path` only if the body succeeds.
+
+    A new `path` is built whole and renamed in (`atomic_directory`). An existing one is
+    merged into, not replaced: files written are moved in at the end (same-named files are
+    replaced), every other file there is left alone, so pointing an output at a folder that
+    also holds the user's images never deletes them.
+    """
+    target = Path(path)
+    if not target.exists():
+        with atomic_directory(target) as tmp:
+            yield tmp
+        return
+    if not target.is_dir():
+        raise NotADirectoryError(f"{target}: exists and is not a directory")
+    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=target))
+    try:
+        yield tmp
+        for item in sorted(tmp.rglob("*")):
+            if item.is_dir():
+                continue
+            dest = target / item.relative_to(tmp)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(item, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

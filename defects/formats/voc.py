@@ -11,12 +11,11 @@ import xml.etree.ElementTree as ET
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from xml.parsers import expat
 
 from defects.formats.errors import FormatError, SkipReport, handle, note_clipped
 from defects.formats.io import atomic_directory
 from defects.formats.layout import IMAGE_SUFFIXES, SPLITS
+from defects.formats.xml_lines import LinedXml, parse_xml
 from defects.formats.yolo import YoloBox, write_class_names, write_yolo_labels
 
 __all__ = ["VocObject", "VocAnnotation", "read_voc", "convert_voc_dataset"]
@@ -51,48 +50,7 @@ class VocAnnotation:
     objects: list[VocObject] = field(default_factory=list)
 
 
-class _Parsed:
-    """An element tree plus each element's source line (ElementTree does not keep them)."""
-
-    def __init__(self, root: ET.Element, lines: dict[ET.Element, int]):
-        self.root = root
-        self.lines = lines
-
-    def line(self, element: ET.Element | None) -> int | None:
-        return None if element is None else self.lines.get(element)
-
-
-def _parse_xml(path: Path) -> _Parsed:
-    """Parse with expat directly to record line numbers; DTDs are refused (VOC never has one).
-
-    Refusing DOCTYPE also rules out entity-expansion tricks in untrusted annotation files.
-    """
-    builder = ET.TreeBuilder()
-    parser = expat.ParserCreate()
-    lines: dict[ET.Element, int] = {}
-
-    def start(tag: str, attrs: dict[str, str]) -> None:
-        lines[builder.start(tag, attrs)] = parser.CurrentLineNumber
-
-    def doctype(*_: Any) -> None:
-        raise FormatError(
-            path, "DOCTYPE is not allowed in a VOC annotation", line=parser.CurrentLineNumber
-        )
-
-    parser.StartElementHandler = start
-    parser.EndElementHandler = builder.end
-    parser.CharacterDataHandler = builder.data
-    parser.StartDoctypeDeclHandler = doctype
-    try:
-        parser.Parse(path.read_bytes(), True)
-    except expat.ExpatError as exc:
-        raise FormatError(
-            path, f"malformed XML: {expat.ErrorString(exc.code)}", line=exc.lineno
-        ) from None
-    return _Parsed(builder.close(), lines)
-
-
-def _text(doc: _Parsed, path: Path, parent: ET.Element, tag: str, where: str) -> str:
+def _text(doc: LinedXml, path: Path, parent: ET.Element, tag: str, where: str) -> str:
     """Non-empty text of a required child element, or a FormatError naming it."""
     child = parent.find(tag)
     if child is None:
@@ -103,7 +61,7 @@ def _text(doc: _Parsed, path: Path, parent: ET.Element, tag: str, where: str) ->
     return text
 
 
-def _number(doc: _Parsed, path: Path, parent: ET.Element, tag: str, where: str) -> float:
+def _number(doc: LinedXml, path: Path, parent: ET.Element, tag: str, where: str) -> float:
     """Finite number from a required child element, or a FormatError naming it."""
     text = _text(doc, path, parent, tag, where)
     try:
@@ -126,7 +84,7 @@ def read_voc(path: str | os.PathLike[str]) -> VocAnnotation:
     because the XML size is often wrong; the converter clips against the real image instead.
     """
     xml_path = Path(path)
-    doc = _parse_xml(xml_path)
+    doc = parse_xml(xml_path, "a VOC annotation")
     root = doc.root
     if root.tag != "annotation":
         raise FormatError(xml_path, f"root element is <{root.tag}>, expected <annotation>", line=1)
