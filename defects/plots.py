@@ -107,6 +107,34 @@ def plot_pr_curves(
     return save_figure(fig, out_png)
 
 
+def plot_confusion_matrix(
+    fractions: np.ndarray,
+    counts: np.ndarray,
+    names: Sequence[str],
+    out_png: str | Path,
+    title: str = "confusion matrix (normalized per true class), IoU 0.5",
+) -> Path:
+    """Rows predicted, columns true (the last of each is background); cells show the share
+    of the true class's boxes and, below it, the count."""
+    size = 1.0 + 0.7 * len(names)
+    fig = Figure(figsize=(size + 1.2, size), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ticks = range(len(names))
+    ax.set_xticks(ticks, names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(ticks, names, fontsize=7)
+    ax.set(xlabel="true", ylabel="predicted", title=title)
+    ax.title.set_fontsize(8)
+    for i in ticks:
+        for j in ticks:
+            if counts[i, j]:
+                color = "white" if fractions[i, j] > 0.5 else "black"
+                text = f"{fractions[i, j]:.2f}\n{int(counts[i, j])}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=6, color=color)
+    return save_figure(fig, out_png)
+
+
 def overlay_masks(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """uint8 RGB of a grey or RGB image with each class mask [K, H, W] tinted and outlined.
 

@@ -51,3 +51,26 @@ def write_pr_curves(rows: Sequence[dict], plots_dir: Path, prefix: str) -> list[
     csv_path = plots_dir / f"{prefix}_pr_curve.csv"
     atomic_write_text(csv_path, buffer.getvalue())
     return [csv_path, plot_pr_curves(rows, plots_dir / f"{prefix}_pr_curve.png")]
+
+
+def write_confusion_matrix(
+    matrix: Any, class_names: Sequence[str], plots_dir: Path, prefix: str
+) -> list[Path]:
+    """`<prefix>_confusion_matrix.csv` (counts, rows predicted, columns true, background
+    last) and `<prefix>_confusion_matrix.png` (normalized per true class), written whole."""
+    from defects.metrics.detection import normalize_columns
+    from defects.plots import plot_confusion_matrix
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    names = [*class_names, "background"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["predicted \\ true", *names])
+    for name, row in zip(names, matrix, strict=True):
+        writer.writerow([name, *(int(v) for v in row)])
+    csv_path = plots_dir / f"{prefix}_confusion_matrix.csv"
+    atomic_write_text(csv_path, buffer.getvalue())
+    png = plot_confusion_matrix(
+        normalize_columns(matrix), matrix, names, plots_dir / f"{prefix}_confusion_matrix.png"
+    )
+    return [csv_path, png]

@@ -45,8 +45,6 @@ OVERFIT = [
 ]
 
 
-
-
 def winding_frames(root: Path, memorise: bool = True) -> Path:
     from defects.data.synthetic import generate_winding_dataset
 
@@ -122,6 +120,37 @@ def test_adapter_contract_of_the_apis_it_uses() -> None:
     model.eval()
     decoded = model(torch.rand(1, 3, 64, 64))[0]
     assert decoded.shape == (1, 4 + 4, (8 * 8) + (4 * 4) + (2 * 2))
+
+
+def test_ultralytics_metric_on_given_predictions_agrees_with_ours() -> None:
+    """The benchmark's second row: Ultralytics' matching + ap_per_class on our detections."""
+    from defects.kinds.detection.evaluate import score_detections
+    from defects.results import Detections
+
+    truth = {"boxes": np.array([[0, 0, 10, 10], [20, 20, 40, 40.0]]), "class_ids": np.array([0, 1])}
+    # class 0 found; class 1 found once plus a false alarm ranked above it
+    det = Detections(
+        boxes=np.array([[0, 0, 10, 10], [60, 60, 70, 70], [20, 20, 40, 41.0]]),
+        labels=["a", "b", "b"],
+        class_ids=np.array([0, 1, 1]),
+        scores=np.array([0.9, 0.8, 0.6]),
+        class_names=["a", "b"],
+    )
+    ours, _ = score_detections([det], [truth], ["a", "b"], 0.5, "test")
+    preds = [
+        {
+            "boxes": torch.as_tensor(det.boxes).float(),
+            "labels": torch.as_tensor(det.class_ids),
+            "scores": torch.as_tensor(det.scores).float(),
+        }
+    ]
+    truths = [{"boxes": torch.as_tensor(truth["boxes"]).float(), "labels": torch.tensor([0, 1])}]
+    theirs = adapter.reference_box_metrics(preds, truths)
+    # class a: AP 1; class b: precision 1/2 at full recall -> 0.5 in both (101-point COCO vs
+    # Ultralytics' interpolated envelope agree on a step this simple)
+    assert ours["test/mAP50"] == pytest.approx(0.75, abs=1e-6)
+    assert theirs["mAP50"] == pytest.approx(ours["test/mAP50"], abs=0.01)
+    assert theirs["recall"] == pytest.approx(1.0)
 
 
 def test_importing_ultralytics_leaves_the_process_as_it_was(tmp_path: Path) -> None:

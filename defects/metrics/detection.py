@@ -73,10 +73,10 @@ def pr_curves(result: dict, class_names: Sequence[str], iou: float = 0.5) -> lis
     return rows
 
 
-def precision_recall(
+def match_counts(
     preds: Sequence[dict], truths: Sequence[dict], iou_threshold: float = 0.5
-) -> dict[str, float]:
-    """Precision, recall and F1 of a fixed set of detections (already cut at a score).
+) -> dict[int, tuple[int, int, int]]:
+    """Per label: (true positives, false positives, false negatives) of fixed detections.
 
     Per image and class, detections are matched greedily by descending score to the
     unmatched truth box of highest IoU >= `iou_threshold` (COCO's rule, one match each).
@@ -84,7 +84,7 @@ def precision_recall(
     """
     from torchvision.ops import box_iou
 
-    tp = fp = fn = 0
+    counts: dict[int, list[int]] = {}
     for pred, truth in zip(preds, truths, strict=True):
         p_boxes, p_labels = torch.as_tensor(pred["boxes"]).float(), torch.as_tensor(pred["labels"])
         t_boxes, t_labels = (
@@ -93,6 +93,7 @@ def precision_recall(
         )
         p_scores = torch.as_tensor(pred["scores"]).float()
         for label in torch.unique(torch.cat([p_labels, t_labels])).tolist():
+            tally = counts.setdefault(int(label), [0, 0, 0])
             p_mask, t_mask = p_labels == label, t_labels == label
             boxes = p_boxes[p_mask][torch.argsort(p_scores[p_mask], descending=True, stable=True)]
             gt = t_boxes[t_mask]
@@ -102,11 +103,82 @@ def precision_recall(
                 row = torch.where(matched, torch.full_like(row, -1.0), row)
                 if len(row) and float(row.max()) >= iou_threshold:
                     matched[int(row.argmax())] = True
-                    tp += 1
+                    tally[0] += 1
                 else:
-                    fp += 1
-            fn += int((~matched).sum())
+                    tally[1] += 1
+            tally[2] += int((~matched).sum())
+    return {label: (tp, fp, fn) for label, (tp, fp, fn) in sorted(counts.items())}
+
+
+def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def precision_recall(
+    preds: Sequence[dict], truths: Sequence[dict], iou_threshold: float = 0.5
+) -> dict[str, float]:
+    """Precision, recall and F1 of a fixed set of detections (already cut at a score),
+    pooled over classes (see `match_counts` for the matching rule)."""
+    counts = match_counts(preds, truths, iou_threshold).values()
+    return _prf(*(sum(c[k] for c in counts) for k in range(3)))
+
+
+def per_class_precision_recall(
+    preds: Sequence[dict],
+    truths: Sequence[dict],
+    class_names: Sequence[str],
+    iou_threshold: float = 0.5,
+) -> dict[str, dict[str, float]]:
+    """{class name: {precision, recall, f1}} for classes seen in predictions or truth;
+    `labels` are 1-based (class_names[label - 1])."""
+    return {
+        class_names[label - 1]: _prf(*counts)
+        for label, counts in match_counts(preds, truths, iou_threshold).items()
+        if 1 <= label <= len(class_names)
+    }
+
+
+def confusion_matrix(
+    preds: Sequence[dict], truths: Sequence[dict], num_classes: int, iou_threshold: float = 0.5
+) -> np.ndarray:
+    """Counts [predicted, true] of shape (C + 1, C + 1); index C is background.
+
+    Class-agnostic matching, so a box found with the wrong class lands off the diagonal:
+    per image, detections by descending score take the unmatched truth box of highest IoU
+    >= `iou_threshold` (whatever its class); unmatched detections are [class, background]
+    (false alarms), unmatched truth boxes [background, class] (misses). 1-based labels.
+    """
+    from torchvision.ops import box_iou
+
+    matrix = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
+    for pred, truth in zip(preds, truths, strict=True):
+        p_boxes = torch.as_tensor(pred["boxes"]).float().reshape(-1, 4)
+        p_labels = torch.as_tensor(pred["labels"]).long() - 1
+        order = torch.argsort(torch.as_tensor(pred["scores"]).float(), descending=True, stable=True)
+        p_boxes, p_labels = p_boxes[order], p_labels[order]
+        t_boxes = torch.as_tensor(truth["boxes"]).float().reshape(-1, 4)
+        t_labels = torch.as_tensor(truth["labels"]).long() - 1
+        matched = torch.zeros(len(t_boxes), dtype=torch.bool)
+        iou = box_iou(p_boxes, t_boxes) if len(p_boxes) and len(t_boxes) else None
+        for i, label in enumerate(p_labels.tolist()):
+            if iou is not None:
+                row = torch.where(matched, torch.full_like(iou[i], -1.0), iou[i])
+                j = int(row.argmax())
+                if float(row[j]) >= iou_threshold:
+                    matched[j] = True
+                    matrix[label, int(t_labels[j])] += 1
+                    continue
+            matrix[label, num_classes] += 1
+        for label in t_labels[~matched].tolist():
+            matrix[num_classes, label] += 1
+    return matrix
+
+
+def normalize_columns(matrix: np.ndarray) -> np.ndarray:
+    """Each true class's column as fractions (what share of its boxes went where);
+    the background column is the share of false alarms per predicted class."""
+    totals = matrix.sum(axis=0, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)

@@ -16,8 +16,15 @@ import torch
 
 from defects.kinds.base import Report, split_prefix
 from defects.kinds.detection.predictor import DetectionPredictor
-from defects.metrics.detection import make_map_metric, pr_curves, precision_recall, summarize_map
-from defects.reports import write_metrics_json, write_pr_curves
+from defects.metrics.detection import (
+    confusion_matrix,
+    make_map_metric,
+    per_class_precision_recall,
+    pr_curves,
+    precision_recall,
+    summarize_map,
+)
+from defects.reports import write_confusion_matrix, write_metrics_json, write_pr_curves
 from defects.results import Detections
 
 EVAL_BATCH = 4
@@ -38,9 +45,10 @@ def score_detections(
     class_names: list[str],
     score_threshold: float,
     prefix: str,
-) -> tuple[dict[str, float], list[dict]]:
-    """(metrics, PR rows) of detections against truth {boxes, class_ids}: mAP on `ranked`,
-    P/R/F1 on `ranked` cut at `score_threshold`."""
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """(metrics, {pr_rows, confusion}) of detections against truth {boxes, class_ids}: mAP
+    and PR curves on `ranked`; P/R/F1 (pooled and per class) and the confusion matrix
+    [predicted, true] (last index background) on `ranked` cut at `score_threshold`."""
     metric = make_map_metric(extended=True)
     targets = [
         {
@@ -55,7 +63,14 @@ def score_detections(
     metrics = summarize_map(result, class_names, prefix)
     cut = [as_target(d.above(score_threshold)) for d in ranked]
     metrics.update({f"{prefix}/{k}": v for k, v in precision_recall(cut, targets).items()})
-    return metrics, pr_curves(result, class_names)
+    for name, values in per_class_precision_recall(cut, targets, class_names).items():
+        metrics[f"{prefix}/precision/{name}"] = values["precision"]
+        metrics[f"{prefix}/recall/{name}"] = values["recall"]
+    curves = {
+        "pr_rows": pr_curves(result, class_names),
+        "confusion": confusion_matrix(cut, targets, len(class_names)),
+    }
+    return metrics, curves
 
 
 SCORE_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 ... 0.95
@@ -122,21 +137,24 @@ def evaluate(
                         },
                     )
                 )
-    metrics, rows = score_detections(
+    metrics, curves = score_detections(
         ranked, truths, predictor.class_names, predictor.score_threshold, prefix
     )
-    return Report(metrics, prefix, {"pr_rows": rows, "pictures": pictures})
+    return Report(metrics, prefix, {**curves, "pictures": pictures})
 
 
 def write_report(
     report: Report, class_names: list[str], metrics_json: Path, plots_dir: Path
 ) -> list[Path]:
-    """metrics JSON (AP per class nested), PR CSV + PNG, a predictions figure."""
+    """metrics JSON (AP, P, R per class nested), PR CSV + PNG, confusion matrix CSV + PNG
+    (normalized per true class), a predictions figure."""
     from defects.plots import plot_predictions
 
     prefix = report.prefix
-    outputs = [write_metrics_json(report.metrics, prefix, metrics_json, {"AP": "AP"})]
+    nest = {"AP": "AP", "precision": "precision_per_class", "recall": "recall_per_class"}
+    outputs = [write_metrics_json(report.metrics, prefix, metrics_json, nest)]
     outputs += write_pr_curves(report.extras["pr_rows"], plots_dir, prefix)
+    outputs += write_confusion_matrix(report.extras["confusion"], class_names, plots_dir, prefix)
     if report.extras["pictures"]:
         images, truths, preds = zip(*report.extras["pictures"], strict=True)
         outputs.append(

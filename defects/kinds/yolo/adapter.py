@@ -142,8 +142,86 @@ def detect_head(model: torch.nn.Module) -> torch.nn.Module:
     return model.model[-1]
 
 
-def train_reference(data_yaml: str, spec_name: str, project: str, **overrides: Any) -> Any:
-    """Ultralytics' own trainer (`YOLO(yaml).train(...)`), for the comparison benchmark only."""
-    modules = ultralytics()
-    model = modules["ultralytics"].YOLO(spec_name)
-    return model, model.train(data=data_yaml, project=project, **overrides)
+# ---------------------------------------------------------------- for the benchmarks only
+def train_reference(data_yaml: str, spec_name: str, project: str, **overrides: Any) -> Path:
+    """Ultralytics' own trainer (`YOLO(yaml).train(...)`); returns its best checkpoint.
+
+    Its logging integrations are switched off first (in its settings file, which lives under
+    `CONFIG_DIR`): with mlflow installed it would open `mlflow.db` in the working directory,
+    with dvclive write `dvclive/`, and `sync` sends usage events.
+    """
+    settings = ultralytics()["utils"].SETTINGS
+    switches = ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb", "sync")
+    settings.update({key: False for key in switches if key in settings})
+    model = ultralytics()["ultralytics"].YOLO(spec_name)
+    model.train(data=data_yaml, project=project, **overrides)
+    return Path(model.trainer.best)
+
+
+def reference_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """The EMA weights of an Ultralytics checkpoint (a pickled model: their format, so
+    `weights_only=False`; only for checkpoints this benchmark wrote), in float32."""
+    ultralytics()  # its classes must be importable to unpickle
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = ckpt.get("ema") or ckpt["model"]
+    return {k: v.float() for k, v in model.float().state_dict().items()}
+
+
+def reference_model(detection: torch.nn.Module, class_names: list[str], spec_name: str) -> Any:
+    """An Ultralytics `YOLO` around a DetectionModel (ours or theirs), for its predict/val."""
+    import copy
+
+    model = ultralytics()["ultralytics"].YOLO(spec_name)
+    detection = copy.deepcopy(detection).float().eval()
+    detection.names = dict(enumerate(class_names))
+    model.model = detection
+    return model
+
+
+def reference_validate(model: Any, data_yaml: str, split: str, **overrides: Any) -> dict:
+    """Ultralytics' validator (its letterbox, NMS, 101-point AP, P/R at max mean F1)."""
+    metrics = model.val(data=data_yaml, split=split, plots=False, verbose=False, **overrides)
+    box = metrics.box
+    return {
+        "precision": float(box.mp),
+        "recall": float(box.mr),
+        "mAP50": float(box.map50),
+        "mAP50-95": float(box.map),
+    }
+
+
+def reference_box_metrics(
+    preds: list[dict[str, torch.Tensor]], truths: list[dict[str, torch.Tensor]]
+) -> dict[str, float]:
+    """Ultralytics' matching and `ap_per_class` on given detections (0-based `labels`,
+    xyxy pixels): the same predictions scored the way its validator scores its own."""
+    ultralytics()  # imported once, side effects undone
+    metrics = importlib.import_module("ultralytics.utils.metrics")
+    validator = importlib.import_module("ultralytics.engine.validator").BaseValidator
+    # match_predictions reads only `self.iouv` (the 10 IoU thresholds 0.5:0.95)
+    fake = SimpleNamespace(iouv=torch.linspace(0.5, 0.95, 10))
+    tps, confs, pred_cls, target_cls = [], [], [], []
+    for pred, truth in zip(preds, truths, strict=True):
+        order = torch.argsort(pred["scores"], descending=True, stable=True)
+        boxes, labels, scores = pred["boxes"][order], pred["labels"][order], pred["scores"][order]
+        target_cls.append(truth["labels"])
+        confs.append(scores)
+        pred_cls.append(labels)
+        if len(truth["labels"]) and len(labels):
+            iou = metrics.box_iou(truth["boxes"].float(), boxes.float())
+            tps.append(validator.match_predictions(fake, labels, truth["labels"], iou))
+        else:
+            tps.append(torch.zeros((len(labels), 10), dtype=torch.bool))
+    result = metrics.ap_per_class(
+        torch.cat(tps).numpy(),
+        torch.cat(confs).numpy(),
+        torch.cat(pred_cls).numpy(),
+        torch.cat(target_cls).numpy(),
+    )
+    p, r, ap = result[2], result[3], result[5]
+    return {
+        "precision": float(p.mean()),
+        "recall": float(r.mean()),
+        "mAP50": float(ap[:, 0].mean()),
+        "mAP50-95": float(ap.mean()),
+    }

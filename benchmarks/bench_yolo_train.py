@@ -1,0 +1,237 @@
+"""Our YOLO LightningModule vs Ultralytics' own trainer, same frames, same budget, same recipe.
+
+    python benchmarks/bench_yolo_train.py --epochs 30            # synthetic winding default
+    python benchmarks/bench_yolo_train.py --data data/winding --epochs 30 --imgsz 256
+
+Both train the same network (`--model-yaml`, from scratch) on the same YOLO-layout folder
+(`{train,valid,test}/{images,labels}`; without `--data` the winding default is generated into
+the output folder) for `--epochs` with the same batch, nominal batch, optimizer (AdamW, the
+same lr, momentum 0.9, weight decay 5e-4, linear decay to lrf 0.01), warm-up, mosaic with
+close-mosaic, mixup 0.1, flips, scale/translate and HSV jitter. Each side keeps its best
+checkpoint by its own validation (EMA weights).
+
+Then both models are scored on the test split three ways, printed side by side:
+1. our predictor + our metrics (`defects` evaluate: torchmetrics COCO mAP, P/R at the
+   score threshold tuned on valid) -- the numbers `dvc repro` reports;
+2. the same predictions of our predictor through Ultralytics' matching and `ap_per_class`
+   (101-point interpolated AP, P/R at the max mean-F1 confidence);
+3. Ultralytics' own validator on each model (its letterbox with rect batches, its NMS).
+Rows 1-2 differ only by the metric; rows 2-3 only by pre/post-processing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+for key, value in {"HF_HUB_OFFLINE": "1", "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false"}.items():
+    os.environ.setdefault(key, value)
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+
+from defects.bundle import load_bundle, save_bundle  # noqa: E402
+from defects.kinds.yolo import KIND, adapter  # noqa: E402
+
+
+def config(data: Path, out: Path, args: argparse.Namespace) -> object:
+    overrides = [
+        "task=winding",
+        f"paths.data_dir={data}",
+        f"paths.model_dir={out / 'models'}",
+        f"paths.metrics_dir={out / 'metrics'}",
+        f"paths.plots_dir={out / 'plots'}",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        f"seed={args.seed}",
+        f"model.model_yaml={args.model_yaml}",
+    ]
+    given = {
+        "trainer.max_epochs": args.epochs,
+        "data.batch_size": args.batch,
+        "model.imgsz": args.imgsz,
+        "model.nominal_batch": args.nominal_batch,
+        "optimizer.lr": args.lr,
+        "callbacks.close_mosaic.epochs": args.close_mosaic,
+    }
+    overrides += [f"{key}={value}" for key, value in given.items() if value is not None]
+    with initialize_config_dir(config_dir=str(REPO / "defects" / "configs"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def ultralytics_data_yaml(data: Path, class_names: list[str], out: Path) -> Path:
+    """Their dataset file for our layout (labels sit beside images/ as labels/)."""
+    spec = {
+        "path": str(data.resolve()),
+        "train": "train/images",
+        "val": "valid/images",
+        "test": "test/images",
+        "names": dict(enumerate(class_names)),
+    }
+    path = out / "ultralytics_data.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def train_theirs(data_yaml: Path, out: Path, args: argparse.Namespace, cfg: object) -> Path:
+    """Their trainer with our task's recipe values (their EMA keeps tau 2000: not an option)."""
+    warmup, model = cfg.model.warmup, cfg.model
+    return adapter.train_reference(
+        str(data_yaml),
+        args.model_yaml,
+        project=str(out.resolve()),
+        name="run",
+        exist_ok=True,
+        epochs=cfg.trainer.max_epochs,
+        imgsz=model.imgsz,
+        batch=cfg.data.batch_size,
+        nbs=model.nominal_batch,
+        optimizer="AdamW",
+        lr0=cfg.optimizer.lr,
+        lrf=model.lrf,
+        momentum=0.9,
+        weight_decay=model.weight_decay,
+        warmup_epochs=warmup.warmup_epochs,
+        warmup_momentum=warmup.warmup_momentum,
+        warmup_bias_lr=warmup.warmup_bias_lr,
+        close_mosaic=cfg.callbacks.close_mosaic.epochs,
+        mosaic=1.0,
+        mixup=cfg.data.mixup,
+        fliplr=0.5,
+        scale=0.5,
+        translate=0.1,
+        hsv_h=0.015,
+        hsv_s=0.7,
+        hsv_v=0.4,
+        device="cpu",
+        workers=0,
+        seed=args.seed,
+        deterministic=False,
+        amp=False,
+        plots=False,
+        verbose=False,
+        val=True,
+    )
+
+
+def score(bundle_path: Path, datamodule: object, data_yaml: Path, args: argparse.Namespace):
+    """Rows 1-3 of the module docstring for one bundle (thresholds tuned on valid)."""
+    from defects.kinds.detection.evaluate import as_target
+
+    bundle = load_bundle(bundle_path)
+    bundle["thresholds"] = KIND.tune(bundle, datamodule)
+    predictor = KIND.predictor(bundle)
+    ours = KIND.evaluate(predictor, datamodule, "test").metrics
+    samples = datamodule.eval_samples("test")
+    preds, truths = [], []
+    for sample in samples:
+        target = as_target(predictor.detect_all([predictor.decode(sample.image)])[0])
+        target["labels"] = target["labels"] - 1
+        preds.append(target)
+        truth = datamodule.truth(sample)
+        truths.append(
+            {
+                "boxes": torch.as_tensor(truth["boxes"], dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.as_tensor(truth["class_ids"], dtype=torch.int64),
+            }
+        )
+    metric_theirs = adapter.reference_box_metrics(preds, truths)
+    net = KIND.network(bundle)
+    model = adapter.reference_model(net.model, bundle["class_names"], args.model_yaml)
+    validator = adapter.reference_validate(
+        model,
+        str(data_yaml),
+        "test",
+        imgsz=int(bundle["input"]["size"]),
+        batch=8,
+        device="cpu",
+        conf=0.001,
+        iou=0.7,
+        workers=0,
+    )
+    return {
+        "ours": {k: ours[f"test/{k}"] for k in ("precision", "recall", "mAP50", "mAP50-95")},
+        "ultralytics_metric_on_our_predictions": metric_theirs,
+        "ultralytics_validator": validator,
+        "score_threshold": bundle["thresholds"]["score"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=None, help="YOLO-layout folder")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench_yolo_train"))
+    parser.add_argument("--epochs", type=int, default=None, help="default: the task config")
+    parser.add_argument("--imgsz", type=int, default=None, help="default: the task config")
+    parser.add_argument("--batch", type=int, default=None, help="default: the task config")
+    parser.add_argument("--nominal-batch", type=int, default=None, help="default: the task config")
+    parser.add_argument("--lr", type=float, default=None, help="default: the task config")
+    parser.add_argument("--close-mosaic", type=int, default=None, help="default: the task config")
+    parser.add_argument("--model-yaml", default="yolo12n.yaml")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--skip-train", action="store_true", help="score existing runs")
+    args = parser.parse_args()
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data = args.data.resolve() if args.data else out / "data"
+    cfg = config(data, out / "ours", args)
+    if args.data is None and not (data / "data.yaml").exists():
+        instantiate(cfg.prepare, out_dir=str(data), _convert_="all")
+    class_names = list(cfg.class_names)
+    data_yaml = ultralytics_data_yaml(data, class_names, out)
+
+    from defects.train import train
+
+    times = {}
+    ours_bundle = out / "ours" / "models" / "bundle.pt"
+    theirs_bundle = out / "theirs" / "bundle.pt"
+    if not args.skip_train:
+        start = time.perf_counter()
+        train(cfg)
+        times["ours"] = time.perf_counter() - start
+        start = time.perf_counter()
+        best = train_theirs(data_yaml, out / "theirs", args, cfg)
+        times["theirs"] = time.perf_counter() - start
+        # Their EMA weights in our bundle: same network, same predictor, same thresholds rule.
+        bundle = load_bundle(ours_bundle)
+        state = {f"model.{k}": v for k, v in adapter.reference_state_dict(best).items()}
+        keep = ("task", "model", "class_names", "thresholds", "input", "name")
+        save_bundle(theirs_bundle, state_dict=state, **{k: bundle[k] for k in keep})
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    results = {
+        "ours (defects Lightning)": score(ours_bundle, datamodule, data_yaml, args),
+        "theirs (Ultralytics trainer)": score(theirs_bundle, datamodule, data_yaml, args),
+    }
+    print(
+        f"\n{args.model_yaml} from scratch, {cfg.trainer.max_epochs} epochs, imgsz "
+        f"{cfg.model.imgsz}, batch {cfg.data.batch_size}, nominal batch "
+        f"{cfg.model.nominal_batch}, lr {cfg.optimizer.lr}; test split of {data}"
+    )
+    header = f"{'scored by':42s}{'trained by':30s}{'P':>7s}{'R':>7s}{'mAP50':>8s}{'mAP50-95':>10s}"
+    print(header)
+    for row in ("ours", "ultralytics_metric_on_our_predictions", "ultralytics_validator"):
+        for trained, result in results.items():
+            m = result[row]
+            print(
+                f"{row:42s}{trained:30s}{m['precision']:7.3f}{m['recall']:7.3f}"
+                f"{m['mAP50']:8.3f}{m['mAP50-95']:10.3f}"
+            )
+    for trained, seconds in times.items():
+        print(f"training wall time {trained}: {seconds:.0f} s")
+    (out / "results.json").write_text(json.dumps({"results": results, "seconds": times}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
