@@ -172,12 +172,13 @@ def serve(
     Binds 127.0.0.1 unless `--host` says otherwise. Flask's own server (threaded, one thread
     per viewer): for a bench or a local demo, not for exposure to the internet.
     """
-    from defects.predict import load
-    from defects.serve import STREAM_EXTENSION, create_app
     from defects.stream import StreamConfig, parse_source
 
     if source is not None:
-        parse_source(source)  # a missing file is an error before the model loads
+        parse_source(source)  # a missing file is an error before torch and the model load
+    from defects.predict import load
+    from defects.serve import STREAM_EXTENSION, create_app
+
     predictor = load(model, backend=backend)
     if confidence is not None:
         if not 0.0 <= float(confidence) <= 1.0:
