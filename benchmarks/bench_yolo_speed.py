@@ -8,8 +8,9 @@ frames, `--width` x `--height`, default 640x480), one frame per call, with the s
 settings (conf 0.001, IoU 0.7, 300 detections, class-aware) and image -> boxes in original
 pixels timed end to end. Ultralytics gets the frame as a numpy array (BGR, as it expects: the
 channel flip is on its side of the clock) and its default letterbox for PyTorch models
-(`auto`: padded only to a stride multiple, so a 640x480 frame is 640x480 for it, 640x640 for
-our fixed-size graph). Passes rotate the order of the three and the ratios are medians of
+(`rect=True`, `auto`: padded only to a stride multiple, so a 640x480 frame is 640x480 for it,
+640x640 for our fixed-size graph); "square" is its predict with `rect=False`, the same
+640x640 canvas as ours. Passes rotate the order of the three and the ratios are medians of
 per-round ratios, so load drift on a shared machine hits all alike.
 """
 
@@ -128,6 +129,9 @@ def main() -> None:
             "ours eager": lambda image: eager.detect_all([image]),
             "ours ONNX": lambda image: onnx.detect_all([image]),
             "Ultralytics predict": lambda image: theirs.predict(image[..., ::-1], **options),
+            "Ultralytics predict, square": lambda image: theirs.predict(
+                image[..., ::-1], rect=False, **options
+            ),
         }
         rates = timed(runners, images, args.rounds)
         torch.set_num_threads(args.threads)  # Ultralytics' predictor may change it
