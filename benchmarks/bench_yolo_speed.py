@@ -61,8 +61,9 @@ def frames(width: int, height: int, count: int, folder: Path) -> list[np.ndarray
     return [decode_image(p, channels=3) for p in paths]
 
 
-def bundle_at(path: str | None, imgsz: int, folder: Path) -> Path:
-    """The bundle with its letterbox size set to `imgsz` (an untrained yolo12n without one)."""
+def bundle_at(path: str | None, imgsz: int, folder: Path, rect: bool = True) -> Path:
+    """The bundle with its letterbox size set to `imgsz` and the rectangular letterbox on or
+    off (an untrained yolo12n without a bundle)."""
     if path is None:
         from hydra import compose, initialize_config_dir
         from hydra.utils import instantiate
@@ -74,7 +75,8 @@ def bundle_at(path: str | None, imgsz: int, folder: Path) -> Path:
         bundle["task"] = "winding"
     else:
         bundle = load_bundle(path)
-    bundle["model"]["postprocess"]["imgsz"] = imgsz
+    bundle["model"]["postprocess"].update(imgsz=imgsz, rect=rect)
+    bundle["model"]["postprocess"].setdefault("stride", 32)
     bundle["input"]["size"] = imgsz
     keep = ("task", "model", "state_dict", "class_names", "thresholds", "input")
     return save_bundle(folder / "bundle.pt", **{k: bundle[k] for k in keep})
@@ -104,12 +106,13 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=10, help="frames")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--square", action="store_true", help="our letterbox: full square")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         images = frames(args.width, args.height, args.count, folder)
-        path = bundle_at(args.bundle, args.imgsz, folder)
+        path = bundle_at(args.bundle, args.imgsz, folder, rect=not args.square)
         eager = defects.load(path)
         onnx = defects.load(path, backend="onnx", threads=args.threads)
         bundle = load_bundle(path)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from defects.kinds import register
 from defects.kinds.base import bundle_meta, input_channels
 from defects.kinds.detection import BoxKind, DetectionPredictor
-from defects.kinds.yolo.runner import POSTPROCESS_KEYS, OnnxNetwork, YoloRunner, export_yolo
+from defects.kinds.yolo.runner import OnnxNetwork, YoloRunner, export_yolo
 
 
 class YoloKind(BoxKind):
@@ -34,7 +34,7 @@ class YoloKind(BoxKind):
                     "num_classes": len(hp.class_names),
                     "channels": int(hp.channels),
                 },
-                "postprocess": {key: hp[key] for key in POSTPROCESS_KEYS},
+                "postprocess": module.postprocess(),
             },
             # The EMA weights: what validation scored and the best checkpoint holds.
             "state_dict": module.ema.module.state_dict(),
@@ -49,7 +49,7 @@ class YoloKind(BoxKind):
         return YoloNet(**kwargs)
 
     def predictor(self, bundle: dict[str, Any], device: str = "cpu") -> DetectionPredictor:
-        net = self.network(bundle).to(device)
+        net = self.network(bundle).fuse().to(device)
 
         def run(x: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
@@ -59,8 +59,9 @@ class YoloKind(BoxKind):
         return DetectionPredictor(bundle_meta(bundle), runner, "eager", device)
 
     def export_graphs(self, bundle: dict[str, Any], folder: Path) -> dict[str, Any]:
-        size = int(bundle["model"]["postprocess"]["imgsz"])
-        export_yolo(self.network(bundle), folder / "yolo.onnx", input_channels(bundle), size)
+        post = bundle["model"]["postprocess"]
+        size, rect = int(post["imgsz"]), bool(post.get("rect", False))
+        export_yolo(self.network(bundle), folder / "yolo.onnx", input_channels(bundle), size, rect)
         return {"graphs": ["yolo.onnx"]}
 
     def onnx_predictor(

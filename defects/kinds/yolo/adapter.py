@@ -137,6 +137,12 @@ def detection_loss(model: torch.nn.Module, box: float, cls: float, dfl: float) -
     return ultralytics()["utils.loss"].v8DetectionLoss(model)
 
 
+def fuse(model: torch.nn.Module) -> torch.nn.Module:
+    """The DetectionModel's own Conv+BN (and RepConv) fusion, in place, without its printout."""
+    model.eval()
+    return model.fuse(verbose=False)
+
+
 def detect_head(model: torch.nn.Module) -> torch.nn.Module:
     """The model's last module, the Detect head (strides, `export`, `format`)."""
     return model.model[-1]

@@ -1,8 +1,11 @@
 """Letterbox in, boxes out: the YOLO pre- and post-processing both backends share.
 
-The network sees a square `size` canvas: the image scaled to fit (aspect kept) and centred on
-grey (114). Its output is decoded by class-aware NMS with no time limit (every candidate above
-`conf` is considered, up to `max_candidates` by score) and mapped back to original pixels.
+The network sees the image scaled to fit a `size` square (aspect kept) and centred on grey
+(114): padded to the full square, or with `stride` (rectangular letterbox, what Ultralytics'
+`predict` does) only up to the next multiple of the network's stride on each axis, which for
+a 4:3 frame skips a quarter of the pixels. Its output is decoded by class-aware NMS with no
+time limit (every candidate above `conf` is considered, up to `max_candidates` by score) and
+mapped back to original pixels.
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ class Letterbox:
     width: int
 
 
-def letterbox(image: torch.Tensor, size: int) -> tuple[torch.Tensor, Letterbox]:
-    """[C, H, W] in 0..1 -> ([1, C, size, size], placement)."""
+def letterbox(
+    image: torch.Tensor, size: int, stride: int | None = None
+) -> tuple[torch.Tensor, Letterbox]:
+    """[C, H, W] in 0..1 -> ([1, C, size, size] or, with `stride`, [1, C, h, w] with h, w the
+    scaled sides rounded up to a multiple of `stride`), and the placement."""
     _, height, width = image.shape
     scale = min(size / height, size / width)
     new_h, new_w = max(round(height * scale), 1), max(round(width * scale), 1)
@@ -36,8 +42,11 @@ def letterbox(image: torch.Tensor, size: int) -> tuple[torch.Tensor, Letterbox]:
         image = F.interpolate(
             image[None], size=(new_h, new_w), mode="bilinear", align_corners=False
         )[0]
-    top, left = (size - new_h) // 2, (size - new_w) // 2
-    canvas = image.new_full((image.shape[0], size, size), PAD_VALUE)
+    out_h, out_w = size, size
+    if stride:
+        out_h, out_w = (-(-side // stride) * stride for side in (new_h, new_w))
+    top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
+    canvas = image.new_full((image.shape[0], out_h, out_w), PAD_VALUE)
     canvas[:, top : top + new_h, left : left + new_w] = image
     return canvas[None], Letterbox(scale, float(left), float(top), height, width)
 

@@ -49,6 +49,7 @@ class YoloModule(L.LightningModule):
         iou: float = 0.7,
         max_det: int = 300,
         score_threshold: float = 0.25,
+        rect: bool = True,
         monitor: str = "val/mAP",
     ):
         super().__init__()
@@ -147,10 +148,16 @@ class YoloModule(L.LightningModule):
         return loss
 
     # ------------------------------------------------------------------ validation
+    def postprocess(self) -> dict[str, Any]:
+        """What the runner needs besides the network (stored in the bundle)."""
+        return {
+            **{key: self.hparams[key] for key in POSTPROCESS_KEYS},
+            "stride": max(self.net.strides),
+        }
+
     def detect(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """The predictor's path on the EMA weights: letterbox, network, NMS, original pixels."""
-        postprocess = {key: self.hparams[key] for key in POSTPROCESS_KEYS}
-        return YoloRunner(self, postprocess)(images)
+        return YoloRunner(self, self.postprocess())(images)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         images, targets = batch

@@ -34,8 +34,17 @@ class YoloNet(nn.Module):
             return out
         return out[0] if isinstance(out, tuple) else out
 
-    def export_mode(self, on: bool = True) -> None:
-        """The head returns its decoded tensor alone (what a traced graph needs)."""
+    def export_mode(self, on: bool = True, dynamic: bool = False) -> None:
+        """The head returns its decoded tensor alone (what a traced graph needs); `dynamic`
+        makes it rebuild its anchor grid from the input's shape in the graph."""
         head = adapter.detect_head(self.model)
         head.export = on
         head.format = "onnx" if on else None
+        head.dynamic = bool(on and dynamic)
+
+    def fuse(self) -> YoloNet:
+        """Fold BatchNorm into the convolutions (and re-parameterise RepConv) for inference:
+        about a quarter less time per frame on CPU, same outputs up to float rounding.
+        In place; only for eval-mode networks that will not train again."""
+        adapter.fuse(self.model)
+        return self

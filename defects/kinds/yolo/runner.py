@@ -17,7 +17,8 @@ from defects.kinds.yolo.boxes import decode, letterbox
 
 Network = Callable[[torch.Tensor], torch.Tensor]
 #: what a bundle's `model.postprocess` holds (the module's hyper-parameters of the same names)
-POSTPROCESS_KEYS = ("imgsz", "conf", "iou", "max_det")
+#: plus `stride` (the network's largest, for the rectangular letterbox)
+POSTPROCESS_KEYS = ("imgsz", "conf", "iou", "max_det", "rect")
 
 
 class YoloRunner:
@@ -27,11 +28,14 @@ class YoloRunner:
         self.conf = float(postprocess["conf"])
         self.iou = float(postprocess["iou"])
         self.max_det = int(postprocess["max_det"])
+        # Bundles written before the rectangular letterbox have neither key: square canvas.
+        rect = bool(postprocess.get("rect", False))
+        self.stride = int(postprocess.get("stride", 32)) if rect else None
 
     def __call__(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         out = []
         for image in images:
-            canvas, place = letterbox(image, self.size)
+            canvas, place = letterbox(image, self.size, self.stride)
             raw = self.network(canvas)[0].cpu()
             out.append(decode(raw, place, self.conf, self.iou, self.max_det))
         return out
@@ -56,13 +60,18 @@ class OnnxNetwork:
         return torch.from_numpy(raw)
 
 
-def export_yolo(net: torch.nn.Module, path: Path, channels: int, size: int) -> Path:
-    """Trace the network at a fixed letterbox size (the predictor always feeds that size)."""
+def export_yolo(
+    net: torch.nn.Module, path: Path, channels: int, size: int, dynamic: bool = False
+) -> Path:
+    """Trace the (fused) network at the letterbox size; `dynamic` keeps height and width free
+    (the rectangular letterbox feeds any multiple of the stride up to `size`)."""
     import copy
 
     net = copy.deepcopy(net).eval()
-    net.export_mode(True)
+    net.fuse()
+    net.export_mode(True, dynamic=dynamic)
     dummy = torch.rand(1, channels, size, size)
+    axes = {"images": {2: "height", 3: "width"}, "raw": {2: "anchors"}} if dynamic else None
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
@@ -71,6 +80,7 @@ def export_yolo(net: torch.nn.Module, path: Path, channels: int, size: int) -> P
             str(path),
             input_names=["images"],
             output_names=["raw"],
+            dynamic_axes=axes,
             opset_version=17,
             dynamo=False,
         )
