@@ -11,6 +11,12 @@ from typing import Any
 
 _WHERE = {
     "save_preview": "defects.data.synthetic.preview",
+    "PIPE_CLASSES": "defects.data.synthetic.pipe",
+    "PIPE_RARE_CLASSES": "defects.data.synthetic.pipe",
+    "boxes_from_index_mask": "defects.data.synthetic.pipe",
+    "generate_pipe_dataset": "defects.data.synthetic.pipe",
+    "render_pipe_frame": "defects.data.synthetic.pipe",
+    "save_pipe_preview": "defects.data.synthetic.pipe",
     "STEEL_CLASSES": "defects.data.synthetic.steel",
     "generate_steel_dataset": "defects.data.synthetic.steel",
     "render_steel_strip": "defects.data.synthetic.steel",

@@ -1,0 +1,1 @@
+"""The ``pipe`` task's data pieces: boxes -> coarse masks, label cleaning, mask refinement."""
