@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from defects.formats.errors import FormatError
 from defects.formats.io import atomic_directory, atomic_write_text, staged_directory
 from defects.formats.layout import is_image_file
-from defects.formats.xml_lines import LinedXml, parse_xml
+from defects.formats.xml_lines import LinedXml, finite_number, parse_xml
 from defects.formats.yolo import (
     YoloBox,
     read_class_names,
@@ -240,11 +240,8 @@ def _attr(doc: LinedXml, path: Path, element: ET.Element, key: str, where: str) 
 
 def _number(doc: LinedXml, path: Path, element: ET.Element, key: str, where: str) -> float:
     text = _attr(doc, path, element, key, where)
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
+    value = finite_number(text)
+    if value is None:
         raise FormatError(
             path, f"{where}: '{key}' is not a finite number: {text!r}", doc.line(element)
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 from defects.formats.errors import FormatError, SkipReport, handle, note_clipped
 from defects.formats.io import atomic_directory
 from defects.formats.layout import IMAGE_SUFFIXES, SPLITS
-from defects.formats.xml_lines import LinedXml, parse_xml
+from defects.formats.xml_lines import LinedXml, finite_number, parse_xml
 from defects.formats.yolo import YoloBox, write_class_names, write_yolo_labels
 
 __all__ = ["VocObject", "VocAnnotation", "read_voc", "convert_voc_dataset"]
@@ -64,11 +64,8 @@ def _text(doc: LinedXml, path: Path, parent: ET.Element, tag: str, where: str) -
 def _number(doc: LinedXml, path: Path, parent: ET.Element, tag: str, where: str) -> float:
     """Finite number from a required child element, or a FormatError naming it."""
     text = _text(doc, path, parent, tag, where)
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
+    value = finite_number(text)
+    if value is None:
         raise FormatError(
             path,
             f"<{where}/{tag}> is not a finite number: {text!r}",

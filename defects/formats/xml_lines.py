@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from xml.parsers import expat
 
 from defects.formats.errors import FormatError
 
-__all__ = ["LinedXml", "parse_xml"]
+__all__ = ["LinedXml", "finite_number", "parse_xml"]
 
 
 class LinedXml:
@@ -50,3 +51,12 @@ def parse_xml(path: Path, what: str = "an annotation file") -> LinedXml:
             path, f"malformed XML: {expat.ErrorString(exc.code)}", line=exc.lineno
         ) from None
     return LinedXml(builder.close(), lines)
+
+
+def finite_number(text: str) -> float | None:
+    """`text` as a finite float, or None (not a number, inf, nan): the caller names the place."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
