@@ -43,6 +43,7 @@ import torch  # noqa: E402
 import defects  # noqa: E402
 from defects.bundle import load_bundle, save_bundle  # noqa: E402
 from defects.data.synthetic import render_steel_strip, render_weld_radiograph  # noqa: E402
+from defects.parity import max_differences  # noqa: E402
 
 
 def images_for(task: str, count: int, seed: int) -> list[np.ndarray]:
@@ -102,12 +103,8 @@ def disagreement(task: str, eager, onnx, images: list[np.ndarray]) -> str:
         a, b = eager.detect_all([image])[0], onnx.detect_all([image])[0]
         if len(a) != len(b):
             return f"detection counts differ ({len(a)} vs {len(b)})"
-        if len(a):  # equal scores may leave NMS in either order: compare sorted
-            ka, kb = (
-                np.lexsort((*d.boxes.T[::-1], -d.scores.round(4), d.class_ids)) for d in (a, b)
-            )
-            box = max(box, float(np.abs(a.boxes[ka] - b.boxes[kb]).max()))
-            score = max(score, float(np.abs(a.scores[ka] - b.scores[kb]).max()))
+        pair_box, pair_score = max_differences(a, b)  # paired one to one: NMS order is free
+        box, score = max(box, pair_box), max(score, pair_score)
     return f"max |box| {box:.2e} px, |score| {score:.2e}"
 
 

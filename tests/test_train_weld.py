@@ -179,6 +179,7 @@ def test_onnx_export_matches_eager_detections(trained: dict, weld_root: Path, tm
     """`defects export` -> `defects.load(folder)`: same detections as the eager bundle on the
     same images, boxes within 1e-3 px and scores within 1e-4."""
     from defects.cli import export
+    from defects.parity import max_differences
 
     bundle = trained["out"] / "model_dir" / "bundle.pt"
     folder = Path(export(str(bundle), output=str(tmp_path / "onnx")))
@@ -187,11 +188,7 @@ def test_onnx_export_matches_eager_detections(trained: dict, weld_root: Path, tm
     total = 0
     for image in sorted((weld_root / "test" / "images").glob("*.png")):
         a, b = eager.detect_all([image])[0], onnx.detect_all([image])[0]
-        assert len(a) == len(b)
-        # Equal scores may leave NMS in either order: compare in one canonical order.
-        ka, kb = (np.lexsort((*d.boxes.T[::-1], -d.scores.round(4), d.class_ids)) for d in (a, b))
-        assert np.array_equal(a.class_ids[ka], b.class_ids[kb])
-        np.testing.assert_allclose(b.boxes[kb], a.boxes[ka], atol=1e-3, rtol=0)
-        np.testing.assert_allclose(b.scores[kb], a.scores[ka], atol=1e-4, rtol=0)
+        box, score = max_differences(a, b)  # paired one to one: NMS order is free
+        assert box <= 1e-3 and score <= 1e-4, (image.name, box, score)
         total += len(a)
     assert total > 0  # the comparison saw real boxes
