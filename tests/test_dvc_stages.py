@@ -35,11 +35,23 @@ CONFIGS = CONFIG_DIR.relative_to(ROOT).as_posix()  # the real folder, not the `c
 # What each step reads of the composed config: the nodes it instantiates or uses, and the
 # groups whose chosen option fills them. (train/evaluate also *validate* `prepare`, but their
 # outputs do not depend on it; `debug`/`experiment` are off in the pipeline.)
+TRAIN_KEYS = ("data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger")
 STEP_KEYS = {
     "prepare": ("prepare", "data"),
-    "train": ("data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger"),
+    "train": TRAIN_KEYS,
     "evaluate": ("data", "model", "logger"),
+    # the pipe task's own stages (defects.pipe): data stages build nothing from the config,
+    # training stages all that training builds, refine loads bundles only
+    "import": (),
+    "clean": (),
+    "layouts": (),
+    "baselines": TRAIN_KEYS,
+    "refine": (),
+    "final": TRAIN_KEYS,
 }
+# A task whose models come from its own stage entry (`python -m defects.pipe stage=...`)
+# trains in those stages; every task prepares and evaluates.
+TRAINING_STEPS = ("train", "final")
 STEP_GROUPS = {step: ("paths", "task", *keys) for step, keys in STEP_KEYS.items()}
 # Never a dep of a pipeline stage, whatever the task.
 UNRELATED = [
@@ -184,8 +196,12 @@ def entry_modules(name: str) -> set[str]:
     keys = STEP_KEYS.get(step, tuple(container))
     found = {t for key in keys for t in targets(container.get(key))}
     objects = (get_object(t) for t in found if t.startswith("defects."))
-    # The module that defines each object (a package may re-export it lazily).
-    return {command(STAGES[name])[0], *(o.__module__ for o in objects)}
+    # The module that defines each object (a package may re-export it lazily); a package
+    # run with -m runs its __main__.
+    module = command(STAGES[name])[0]
+    if (ROOT.joinpath(*module.split(".")) / "__main__.py").is_file():
+        module = f"{module}.__main__"
+    return {module, *(o.__module__ for o in objects)}
 
 
 def source_file(target: str) -> str:
@@ -214,8 +230,9 @@ def foreign_files(task: str) -> set[str]:
 
 def test_every_task_declares_its_stages() -> None:
     for task in TASKS:
-        for step in STEPS:
+        for step in ("prepare", "evaluate"):
             assert f"{step}_{task}" in STAGES, f"task {task} has no {step}_{task} stage"
+        assert any(f"{s}_{task}" in STAGES for s in TRAINING_STEPS), f"{task} trains nothing"
     for name in STAGES:
         assert step_and_task(name)[1] in TASKS, f"{name}: name it <step>_<task in params.yaml>"
 
@@ -225,8 +242,10 @@ def test_stage_command_composes_for_its_task(name: str) -> None:
     step, task = step_and_task(name)
     module, overrides = command(STAGES[name])
     assert module_file(module), f"{name}: no module {module}"
-    if step in STEPS:
-        assert module == f"defects.{step}"
+    if step in STEPS:  # defects.<step>, or a task's own entry running that stage
+        assert module == f"defects.{step}" or f"stage={step}" in overrides, name
+    if module == "defects.pipe":
+        assert f"stage={step}" in overrides, f"{name}: runs another stage"
     assert f"task={task}" in overrides
     cfg = stage_config(name)
     assert cfg.task_name == task
@@ -238,6 +257,8 @@ def test_stage_command_composes_for_its_task(name: str) -> None:
     if step == "train":  # the learning rate reaches the optimizer the model builds
         assert cfg.model.optimizer.lr == PARAMS["tasks"][task]["train"]["lr"]
     outputs = [str(cfg.paths[key]) for key in ("data_dir", "model_dir", "metrics_dir", "plots_dir")]
+    if OmegaConf.select(cfg, "pipe.work_dir"):
+        outputs.append(str(cfg.pipe.work_dir))
     for path in outputs_of(STAGES[name]):
         assert covered(path, outputs), f"{name}: {path} is not where the run writes"
 

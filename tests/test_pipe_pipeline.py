@@ -22,6 +22,7 @@ from defects.formats.mask_folder import read_index_mask
 from defects.formats.yolo import read_class_names, read_yolo_labels
 from defects.pipe.coarse import box_pixels
 from defects.pipe.layout import read_fine
+from defects.pipe.refine import crop_image, crop_window
 from defects.pipe.stages import STAGES, PipePaths, run_stage
 from defects.runtime import run_entry
 from tests.conftest import TINY_SEGMENTER, compose_config
@@ -39,7 +40,7 @@ TINY_PIPE = dict(
     fine_per_class=1,
     seed=1,
 )
-MODELS = ("final", "box", "oracle")
+MODELS = ("baseline", "final", "box", "oracle")
 
 
 def pipe_overrides(raw: Path, out: Path) -> list[str]:
@@ -50,6 +51,7 @@ def pipe_overrides(raw: Path, out: Path) -> list[str]:
         *TINY_SEGMENTER,
         "data.batch_size=2",
         "pipe.clean.min_count=2",  # 14 frames: a few boxes per class
+        "pipe.baseline.trainer.max_epochs=2",
         f"paths.data_dir={raw}",
         f"pipe.work_dir={out / 'work'}",
         *(f"paths.{key}={out / key}" for key in ("model_dir", "metrics_dir", "plots_dir")),
@@ -98,7 +100,12 @@ def test_config_composes_and_validates() -> None:
     assert cfg.prepare._target_.endswith("generate_pipe_dataset")
     assert list(cfg.prepare.class_names) == list(cfg.class_names)
     assert cfg.model._target_.endswith("SegmentationModule")
-    assert dict(cfg.pipe.models) == {"final": "refined", "box": "box", "oracle": "oracle"}
+    assert dict(cfg.pipe.models) == {
+        "baseline": "fine",
+        "final": "refined",
+        "box": "box",
+        "oracle": "oracle",
+    }
     with pytest.raises(ConfigError, match="unknown pipe stage"):
         run_stage(cfg, "polish")
 
@@ -159,19 +166,35 @@ def test_layouts_take_the_right_masks(pipeline: dict) -> None:
         assert [i.stem for i in list_images(layout / "train" / "images")] == sorted(sources)
         for stem, folder in sources.items():
             got = mask(layout, "train", "masks", stem)
-            assert np.array_equal(got, mask(p.clean, "train", folder, stem)), (variant, stem)
+            truth = mask(p.mask_root(folder), "train", folder, stem)
+            assert np.array_equal(got, truth), (variant, stem)
         for split in ("valid", "test"):
             for image in list_images(p.clean / split / "images"):
                 got = mask(layout, split, "masks", image.stem)
                 assert np.array_equal(got, mask(p.clean, split, "true_masks", image.stem))
-    for k, name in enumerate(names):
-        layout = p.layout(f"baseline_{name}")
+    for k, name in enumerate(names):  # the baselines' box crops, fine boxes only in train
+        layout = p.crops(name)
         assert (layout / "classes.txt").read_text().split() == [name]
-        stems = [i.stem for i in list_images(layout / "train" / "images")]
-        assert stems == sorted(fine)
-        for stem in stems:
-            binary = read_index_mask(layout / "train" / "masks" / f"{stem}.png", 1)
-            assert np.array_equal(binary, mask(p.clean, "train", "true_masks", stem) == k + 1)
+        for split in ("train", "valid", "test"):
+            expected = {}
+            for image in list_images(p.clean / split / "images"):
+                if split == "train" and image.stem not in fine:
+                    continue
+                boxes = read_yolo_labels(p.clean / split / "labels" / f"{image.stem}.txt", 4)
+                truth = mask(p.clean, split, "true_masks", image.stem) == k + 1
+                for line, box in enumerate(boxes, 1):
+                    if box.class_id == k:
+                        rect = box_pixels(box, truth.shape[1], truth.shape[0])
+                        window = crop_window(rect, truth.shape[1], truth.shape[0], 0.25)
+                        expected[f"{image.stem}_{line}"] = crop_image(
+                            truth.astype(np.uint8), window, 64, nearest=True
+                        )
+            got = [i.stem for i in list_images(layout / split / "images")]
+            assert got == sorted(expected), (name, split)
+            for stem, crop in expected.items():
+                binary = read_index_mask(layout / split / "masks" / f"{stem}.png", 1)
+                assert np.array_equal(binary, crop), (name, split, stem)
+        assert list_images(layout / "train" / "images"), name
 
 
 def test_every_model_is_a_whole_bundle(pipeline: dict) -> None:
@@ -183,7 +206,7 @@ def test_every_model_is_a_whole_bundle(pipeline: dict) -> None:
     for model in MODELS:
         bundle = load_bundle(p.model(model) / "bundle.pt")
         assert bundle["class_names"] == names and bundle["input"]["channels"] == 3
-        assert (p.metrics_dir / model / "train.json").is_file()
+        assert (p.metrics_dir / "segmenters" / model / "train.json").is_file()
     assert set(pipeline["results"]["final"]) == set(MODELS)
 
 
@@ -197,7 +220,8 @@ def test_refined_and_grabcut_masks_never_leave_the_boxes(pipeline: dict) -> None
     for image in train:
         coarse = read_index_mask(p.clean / "train" / "coarse_masks" / f"{image.stem}.png", 6)
         for folder in ("refined_masks", "grabcut_masks"):
-            refined = read_index_mask(p.clean / "train" / folder / f"{image.stem}.png", len(names))
+            path = p.mask_root(folder) / "train" / folder / f"{image.stem}.png"
+            refined = read_index_mask(path, len(names))
             assert refined.shape == coarse.shape
             assert not np.any((refined > 0) & (coarse == 0)), f"{folder}/{image.stem}"
             # each painted pixel has the class of one of the boxes covering it
@@ -245,7 +269,7 @@ def test_evaluate_reports_every_row_from_the_written_masks(pipeline: dict) -> No
     stems = [i.stem for i in list_images(p.clean / "train" / "images") if i.stem not in fine]
     assert report["counts"]["train_masks"] == len(stems)
     true = [read_index_mask(p.clean / "train" / "true_masks" / f"{s}.png", 4) for s in stems]
-    pred = [read_index_mask(p.clean / "train" / "refined_masks" / f"{s}.png", 4) for s in stems]
+    pred = [read_index_mask(p.refined / "train" / "refined_masks" / f"{s}.png", 4) for s in stems]
     for k, name in enumerate(names):
         expected = _iou(pred, true, k + 1)
         assert report["training_masks"]["refined"][name] == pytest.approx(expected)
@@ -289,7 +313,7 @@ def test_stages_rerun_to_the_same_result(pipeline: dict) -> None:
 
     p: PipePaths = pipeline["paths"]
     cfg = pipeline["cfg"]
-    refined_before = _digest(p.clean / "train" / "refined_masks")
+    refined_before = _digest(p.refined / "train" / "refined_masks")
     report_before = (p.metrics_dir / "pipe_iou.json").read_text()
     parent_before = json.loads((p.work / "mlflow_parent.json").read_text())["run_id"]
     threads = torch.get_num_threads()
@@ -298,11 +322,12 @@ def test_stages_rerun_to_the_same_result(pipeline: dict) -> None:
         for stage in ("import", "clean", "layouts", "refine", "evaluate"):
             run_stage(cfg, stage)
         overrides = pipe_overrides(pipeline["raw"], pipeline["out"])
-        one = compose_config([*overrides, "~pipe.models.final", "~pipe.models.oracle"])
+        drop = ("baseline", "final", "oracle")
+        one = compose_config([*overrides, *(f"~pipe.models.{m}" for m in drop)])
         assert set(run_stage(one, "final")) == {"box"}
     finally:
         torch.set_num_threads(threads)
-    assert _digest(p.clean / "train" / "refined_masks") == refined_before
+    assert _digest(p.refined / "train" / "refined_masks") == refined_before
     assert (p.metrics_dir / "pipe_iou.json").read_text() == report_before
     ckpts = sorted(c.name for c in (p.model("box") / "checkpoints").iterdir())
     assert len(ckpts) == 2 and "last.ckpt" in ckpts  # the best epoch and last, no -v1 copies
@@ -313,7 +338,7 @@ def test_refine_with_each_baselines_tuned_threshold(pipeline: dict, one_thread: 
     p: PipePaths = pipeline["paths"]
     names = p.class_names()
     overrides = pipe_overrides(pipeline["raw"], pipeline["out"])
-    train = p.clean / "train"
+    train = p.refined / "train"
     saved = pipeline["out"] / "saved_masks"
     kept = {saved / f: train / f for f in ("refined_masks", "grabcut_masks")}
     kept[saved / "layout"] = p.layout("refined")
@@ -326,7 +351,8 @@ def test_refine_with_each_baselines_tuned_threshold(pipeline: dict, one_thread: 
             assert cut == load_bundle(p.baseline(name) / "bundle.pt")["thresholds"]["pixel"][0]
         for image in list_images(p.clean / "train" / "images"):
             coarse = read_index_mask(p.clean / "train" / "coarse_masks" / f"{image.stem}.png", 4)
-            refined = read_index_mask(p.clean / "train" / "refined_masks" / f"{image.stem}.png", 4)
+            refined_path = p.refined / "train" / "refined_masks" / f"{image.stem}.png"
+            refined = read_index_mask(refined_path, 4)
             assert not np.any((refined > 0) & (coarse == 0))
     finally:  # the default masks back for any later reader
         for copy, folder in kept.items():

@@ -16,7 +16,15 @@ from defects.formats.errors import FormatError
 from defects.formats.mask_folder import read_index_mask
 from defects.formats.yolo import YoloBox, read_yolo_labels
 from defects.pipe.coarse import box_pixels, coarse_mask, coarse_masks, paint_order
-from defects.pipe.refine import grabcut_mask, mask_iou_per_class, refine_mask
+from defects.pipe.refine import (
+    crop_image,
+    crop_window,
+    grabcut_mask,
+    mask_iou_per_class,
+    refine_boxes,
+    refine_mask,
+    uncrop,
+)
 
 W, H = 64, 48
 
@@ -101,6 +109,48 @@ def test_refine_min_fraction_and_missing_baseline() -> None:
     assert np.all(refine_mask(b, maps)[0:20, 30:50] == 2)  # class 1 has no baseline: box kept
     with pytest.raises(ValueError, match="one size"):
         refine_mask(b, {0: np.zeros((H, W)), 1: np.zeros((H, W + 1))})
+
+
+def test_crop_window_grows_the_box_and_stays_in_the_image() -> None:
+    assert crop_window((10, 10, 30, 20), W, H, 0.25) == (5, 8, 35, 22)
+    assert crop_window((0, 0, 4, 4), W, H, 0.25) == (0, 0, 6, 6)  # at least 2 px, clipped
+    assert crop_window((50, 40, 64, 48), W, H, 1.0) == (36, 32, 64, 48)
+
+
+def test_crop_and_uncrop_bring_a_map_back_into_its_box() -> None:
+    """What a baseline predicts on a crop lands where the crop came from: a map equal to
+    the crop of a known mask, scaled back, reproduces that mask inside the box."""
+    truth = np.zeros((H, W), np.uint8)
+    truth[14:22, 20:36] = 1
+    rect = (16, 12, 40, 26)
+    window = crop_window(rect, W, H, 0.25)
+    crop = crop_image(truth, window, 32, nearest=True)
+    assert crop.shape == (32, 32) and set(np.unique(crop)) == {0, 1}
+    back = uncrop(crop.astype(np.float32), window, rect) > 0.5
+    x1, y1, x2, y2 = rect
+    assert back.shape == (y2 - y1, x2 - x1)
+    assert np.mean(back == truth[y1:y2, x1:x2].astype(bool)) > 0.95
+    rgb = crop_image(np.dstack([truth * 255] * 3), window, 16)
+    assert rgb.shape == (16, 16, 3) and rgb.dtype == np.uint8
+    with pytest.raises(ValueError, match="empty crop"):
+        crop_image(truth, (5, 5, 5, 9), 16)
+
+
+def test_refine_boxes_takes_each_box_its_own_map() -> None:
+    """Two boxes of one class, each with its own box-sized map; a missing map keeps the box."""
+    boxes = [pbox(0, 0, 0, 10, 10), pbox(0, 20, 0, 30, 10), pbox(1, 40, 0, 50, 10)]
+    first = np.zeros((10, 10), np.float32)
+    first[:5] = 0.9
+    second = np.zeros((10, 10), np.float32)
+    second[:, :2] = 0.9
+    mask, fallbacks = refine_boxes(boxes, [first, second, None], H, W, 0.5, 0.05)
+    assert fallbacks == 1
+    assert (mask[:10, :10] == 1).sum() == 50 and (mask[:10, 20:30] == 1).sum() == 20
+    assert np.all(mask[:10, 40:50] == 2) and (mask > 0).sum() == 170
+    with pytest.raises(ValueError, match="probability maps"):
+        refine_boxes(boxes, [first], H, W)
+    with pytest.raises(ValueError, match="box probability"):
+        refine_boxes(boxes[:1], [np.zeros((3, 3))], H, W)
 
 
 def test_grabcut_finds_a_disc_in_its_box_and_falls_back() -> None:

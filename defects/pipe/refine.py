@@ -4,9 +4,14 @@ Coarse masks fill whole boxes (`defects.pipe.coarse`), which is wrong everywhere
 does not fill its box. Two ways to do better without new labels, both confined to the boxes
 a person drew (the box is the one thing we trust):
 
-- `refine_mask`: each box takes its class baseline's prediction inside it (a per-class
-  model trained on the finely labelled subset), falling back to the full box when the
-  baseline sees (almost) nothing there;
+- `refine_boxes` / `refine_mask`: each box takes its class baseline's prediction inside it
+  (a per-class model trained on the finely labelled subset), falling back to the full box
+  when the baseline sees (almost) nothing there. The baselines see one box at a time:
+  `crop_window` is the box with some context around it and `crop_image` scales it to the
+  baseline's input size, in training (`defects.pipe.layout.write_crop_layout`) as in
+  refinement, and `uncrop` brings the prediction back into the box. A box-sized task
+  ("which of these pixels is the defect?") is what refinement asks, and it is learnt from
+  far fewer fine labels than finding defects in whole frames;
 - `grabcut_mask`: OpenCV GrabCut started from each box, a model-free baseline.
 
 Overlaps follow the coarse rule: boxes are painted largest first, so a smaller box lands on
@@ -24,7 +29,16 @@ import numpy as np
 from defects.formats.yolo import YoloBox
 from defects.pipe.coarse import PixelBox, box_pixels, paint_order
 
-__all__ = ["grabcut_mask", "mask_iou_per_class", "refine_box", "refine_mask"]
+__all__ = [
+    "crop_image",
+    "crop_window",
+    "grabcut_mask",
+    "mask_iou_per_class",
+    "refine_box",
+    "refine_boxes",
+    "refine_mask",
+    "uncrop",
+]
 
 ProbabilityMaps = Mapping[int, np.ndarray] | np.ndarray  # class id -> (H, W), or (K, H, W)
 
@@ -47,26 +61,88 @@ def _shape(maps: ProbabilityMaps) -> tuple[int, int]:
     return next(iter(shapes))  # type: ignore[return-value]
 
 
+def crop_window(rect: PixelBox, width: int, height: int, context: float = 0.25) -> PixelBox:
+    """The box grown by ``context`` times its size on each side (at least 2 px), clipped to
+    the image: what a baseline sees of one box."""
+    x1, y1, x2, y2 = rect
+    pad_x = max(2, round(context * (x2 - x1)))
+    pad_y = max(2, round(context * (y2 - y1)))
+    return max(x1 - pad_x, 0), max(y1 - pad_y, 0), min(x2 + pad_x, width), min(y2 + pad_y, height)
+
+
+def crop_image(image: np.ndarray, window: PixelBox, size: int, nearest: bool = False) -> np.ndarray:
+    """``image[window]`` scaled to ``size`` x ``size`` (bilinear; ``nearest`` for masks)."""
+    x1, y1, x2, y2 = window
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"empty crop window {window}")
+    crop = np.ascontiguousarray(np.asarray(image)[y1:y2, x1:x2])
+    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    out = cv2.resize(crop, (size, size), interpolation=interpolation)
+    return out.reshape(size, size, *crop.shape[2:])
+
+
+def uncrop(probability: np.ndarray, window: PixelBox, rect: PixelBox) -> np.ndarray:
+    """A crop's (size, size) probability map scaled back to ``window`` (bilinear) and cut
+    to the box ``rect`` inside it: box-sized, ready for `refine_box`."""
+    wx1, wy1, wx2, wy2 = window
+    x1, y1, x2, y2 = rect
+    full = cv2.resize(
+        np.asarray(probability, np.float32), (wx2 - wx1, wy2 - wy1), interpolation=cv2.INTER_LINEAR
+    )
+    return full[y1 - wy1 : y2 - wy1, x1 - wx1 : x2 - wx1]
+
+
 def refine_box(
     probability: np.ndarray | None,
-    rect: PixelBox,
+    shape: tuple[int, int],
     threshold: float = 0.5,
     min_fraction: float = 0.02,
 ) -> tuple[np.ndarray, bool]:
-    """(bool region of the box's own pixels, whether it fell back to the full box).
+    """(bool region of the box, whether it fell back to the full box).
 
-    The prediction is taken only inside ``rect``; if it covers less than ``min_fraction`` of
-    the box (or there is no map), the box itself is kept: a person saw a defect there, so an
-    empty prediction is the baseline's miss, not a reason to drop the label.
+    ``probability`` is the baseline's map over the box (``shape``: its height, width), or
+    None without a baseline. If the prediction covers less than ``min_fraction`` of the box,
+    the box itself is kept: a person saw a defect there, so an empty prediction is the
+    baseline's miss, not a reason to drop the label.
     """
-    x1, y1, x2, y2 = rect
-    full = np.ones((max(y2 - y1, 0), max(x2 - x1, 0)), bool)
+    full = np.ones((max(shape[0], 0), max(shape[1], 0)), bool)
     if probability is None or full.size == 0:
         return full, True
-    region = np.asarray(probability)[y1:y2, x1:x2] > threshold
+    if np.shape(probability) != full.shape:
+        raise ValueError(f"box probability is {np.shape(probability)}, the box {full.shape}")
+    region = np.asarray(probability) > threshold
     if region.sum() < min_fraction * full.size or not region.any():
         return full, True
     return region, False
+
+
+def refine_boxes(
+    boxes: Sequence[YoloBox],
+    box_probabilities: Sequence[np.ndarray | None],
+    height: int,
+    width: int,
+    threshold: float = 0.5,
+    min_fraction: float = 0.02,
+) -> tuple[np.ndarray, int]:
+    """((H, W) uint8 index mask, fallback count): box i painted with its own probability map
+    ``box_probabilities[i]`` (box-sized, or None: the full box) thresholded inside it.
+
+    Nothing is ever painted outside a box; mask values are ``class_id + 1``.
+    """
+    if not 0.0 <= min_fraction <= 1.0:
+        raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
+    if len(box_probabilities) != len(boxes):
+        raise ValueError(f"{len(boxes)} boxes but {len(box_probabilities)} probability maps")
+    mask = np.zeros((height, width), np.uint8)
+    fallbacks = 0
+    for i in paint_order(boxes, width, height):
+        x1, y1, x2, y2 = box_pixels(boxes[i], width, height)
+        region, fell_back = refine_box(
+            box_probabilities[i], (y2 - y1, x2 - x1), threshold, min_fraction
+        )
+        fallbacks += fell_back
+        mask[y1:y2, x1:x2][region] = boxes[i].class_id + 1
+    return mask, fallbacks
 
 
 def refine_mask(
@@ -82,19 +158,13 @@ def refine_mask(
     class without a map (a rare class with no baseline) keeps its full boxes. Nothing is
     ever painted outside a box. Mask values are ``class_id + 1``.
     """
-    if not 0.0 <= min_fraction <= 1.0:
-        raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
     height, width = _shape(probability_maps_per_class)
-    mask = np.zeros((height, width), np.uint8)
-    for i in paint_order(coarse_boxes, width, height):
-        box = coarse_boxes[i]
-        rect = box_pixels(box, width, height)
-        region, _ = refine_box(
-            _class_map(probability_maps_per_class, box.class_id), rect, threshold, min_fraction
-        )
-        x1, y1, x2, y2 = rect
-        mask[y1:y2, x1:x2][region] = box.class_id + 1
-    return mask
+    per_box: list[np.ndarray | None] = []
+    for box in coarse_boxes:
+        x1, y1, x2, y2 = box_pixels(box, width, height)
+        full = _class_map(probability_maps_per_class, box.class_id)
+        per_box.append(None if full is None else np.asarray(full)[y1:y2, x1:x2])
+    return refine_boxes(coarse_boxes, per_box, height, width, threshold, min_fraction)[0]
 
 
 def _grabcut_box(

@@ -9,18 +9,21 @@ stage before it wrote under ``pipe.work_dir`` and never writes into ``pipe.sourc
 2. ``clean``     `clean_dataset` -> ``work/clean`` (+ ``report.json``/``report.csv``), then
                  ``{split}/coarse_masks`` from the cleaned boxes (`coarse_masks`): masks are
                  made after cleaning, so a false box never becomes a mask.
-3. ``layouts``   ``work/layouts/{fine,box,oracle}`` and one binary ``baseline_<class>`` per
-                 class, in the ``masks`` layout (`defects.pipe.layout`); valid/test hold the
-                 true masks.
-4. ``baselines`` one binary segmenter per class on the fine subset, the steel segmentation
-                 path (`defects.train.train`) with ``class_names=[<class>]``:
-                 ``models/pipe/baselines/<class>/bundle.pt``.
-5. ``refine``    every train image: each box takes its class baseline's probability map
-                 (ungated) inside the box (`refine_mask`, ``pipe.refine``), falling back to
-                 the box; ``train/refined_masks`` and, for comparison, ``train/grabcut_masks``;
-                 then ``work/layouts/refined``.
-6. ``final``     the multi-class models of ``pipe.models`` (name -> layout): ``final`` on
-                 ``refined``, and ``box`` and ``oracle`` to compare: ``models/pipe/<name>/``.
+3. ``layouts``   ``work/layouts/{fine,box,oracle}`` in the ``masks`` layout
+                 (`defects.pipe.layout`; valid/test hold the true masks) and one binary
+                 ``baseline_<class>`` per class of box crops (`write_crop_layout`,
+                 ``pipe.crop``): the fine subset's boxes of that class.
+4. ``baselines`` one binary segmenter per class on its crops, the steel segmentation path
+                 (`defects.train.train`) with ``class_names=[<class>]`` and ``pipe.baseline``
+                 merged in: ``models/pipe/baselines/<class>/bundle.pt``.
+5. ``refine``    every train image: each box is cut out as in training, its class
+                 baseline's probability (ungated) scaled back into the box replaces it
+                 (`refine_boxes`, ``pipe.refine``), falling back to the box;
+                 ``train/refined_masks`` and, for comparison, ``train/grabcut_masks``; then
+                 ``work/layouts/refined``.
+6. ``final``     the multi-class models of ``pipe.models`` (name -> layout): ``baseline`` on
+                 the fine subset alone, ``final`` on ``refined``, and ``box`` and ``oracle``
+                 to compare: ``models/pipe/<name>/``.
 7. ``evaluate``  per-class IoU (`mask_iou_per_class`) on ``split`` (test) against the true
                  masks, of the written predictions (``work/predictions/<model>/<split>/``),
                  and of the training masks (box, GrabCut, refined) on the train images
@@ -53,8 +56,15 @@ from defects.formats.mask_folder import read_index_mask, write_index_mask
 from defects.formats.yolo import read_class_names, read_yolo_labels
 from defects.pipe.clean import CleanConfig, clean_dataset
 from defects.pipe.coarse import box_pixels, coarse_masks
-from defects.pipe.layout import read_fine, write_mask_layout
-from defects.pipe.refine import grabcut_mask, mask_iou_per_class, refine_box, refine_mask
+from defects.pipe.layout import read_fine, write_crop_layout, write_mask_layout
+from defects.pipe.refine import (
+    crop_image,
+    crop_window,
+    grabcut_mask,
+    mask_iou_per_class,
+    refine_boxes,
+    uncrop,
+)
 from defects.runtime import has_target, offline_environment, restore_tracking_env
 
 log = logging.getLogger("defects")
@@ -73,8 +83,9 @@ __all__ = [
     "run_stage",
 ]
 
-BASELINE = "baseline"  # the per-class baselines combined, as a model row of the evaluation
+BASELINE = "baseline"  # the model of pipe.models the table's "baseline" column reads
 TRAINING_MASKS = {"box": "coarse_masks", "grabcut": "grabcut_masks", "refined": "refined_masks"}
+REFINE_OUTPUTS = ("refined_masks", "grabcut_masks")
 PREDICT_BATCH = 8
 
 
@@ -106,8 +117,21 @@ class PipePaths:
     def clean(self) -> Path:
         return self.work / "clean"
 
+    @property
+    def refined(self) -> Path:
+        """Where the refine stage writes ``train/{refined,grabcut}_masks``: beside the
+        cleaned dataset, not inside it (each stage owns its folders)."""
+        return self.work / "refined"
+
     def layout(self, variant: str) -> Path:
         return self.work / "layouts" / variant
+
+    def crops(self, class_name: str) -> Path:
+        return self.work / "crops" / class_name
+
+    def mask_root(self, folder: str) -> Path:
+        """The dataset root holding ``{split}/<folder>`` of a training-mask folder."""
+        return self.refined if folder in REFINE_OUTPUTS else self.clean
 
     def predictions(self, model: str, split: str) -> Path:
         return self.work / "predictions" / model / split
@@ -116,7 +140,7 @@ class PipePaths:
         return self.model_dir / "baselines" / class_name
 
     def model(self, name: str) -> Path:
-        return self.model_dir / name
+        return self.model_dir / "segmenters" / name
 
     def class_names(self) -> list[str]:
         """Classes of the cleaned dataset (rare ones dropped): what every model learns."""
@@ -169,16 +193,22 @@ def clean_stage(cfg: DictConfig) -> dict:
 
 
 def layouts_stage(cfg: DictConfig) -> dict:
-    """The ``fine``, ``box`` and ``oracle`` layouts and one binary baseline layout per class."""
+    """The ``fine``, ``box`` and ``oracle`` layouts and one binary crop layout per class."""
     p = PipePaths.from_cfg(cfg)
     names = p.class_names()
+    size, context = int(cfg.pipe.crop.size), float(cfg.pipe.crop.context)
     counts = {
         v: write_mask_layout(p.clean, p.layout(v), v, names) for v in ("fine", "box", "oracle")
     }
     for k, name in enumerate(names):
-        counts[f"baseline_{name}"] = write_mask_layout(
-            p.clean, p.layout(f"baseline_{name}"), "fine", names, class_id=k
+        counts[f"baseline_{name}"] = write_crop_layout(
+            p.clean, p.crops(name), names, k, size, context
         )
+        if not counts[f"baseline_{name}"].get("train"):
+            raise ConfigError(
+                f"class {name!r} has no box in the fine subset ({p.clean / 'fine.txt'}): "
+                "its baseline has nothing to learn from"
+            )
     log.info("layouts: %s", counts)
     return counts
 
@@ -264,7 +294,7 @@ def baselines_stage(cfg: DictConfig) -> dict[str, dict[str, float]]:
         name: _train_one(
             cfg,
             f"baseline-{name}",
-            p.layout(f"baseline_{name}"),
+            p.crops(name),
             [name],
             p.baseline(name),
             extra,
@@ -305,6 +335,36 @@ def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _box_probabilities(
+    predictors: Sequence[Any],
+    image: np.ndarray,
+    boxes: Sequence[Any],
+    size: int,
+    context: float,
+    cuts: Sequence[float] | None,
+) -> list[np.ndarray | None]:
+    """Each box's baseline probability over the box (None: an empty box): the box cut out
+    as `write_crop_layout` cut the training crops, the map scaled back. With ``cuts`` each
+    map is binarised at its baseline's tuned pixel threshold first."""
+    height, width = image.shape[:2]
+    out: list[np.ndarray | None] = [None] * len(boxes)
+    by_class: dict[int, list[tuple[int, tuple, tuple]]] = {}
+    for i, box in enumerate(boxes):
+        rect = box_pixels(box, width, height)
+        if rect[2] > rect[0] and rect[3] > rect[1]:
+            by_class.setdefault(box.class_id, []).append(
+                (i, rect, crop_window(rect, width, height, context))
+            )
+    for k, items in by_class.items():
+        crops = [crop_image(image, window, size) for _, _, window in items]
+        for indices, _, probs in predictors[k].probabilities(crops, gated=False):
+            for j, index in enumerate(indices):
+                i, rect, window = items[index]
+                prob = uncrop(probs[j, 0].numpy(), window, rect)
+                out[i] = (prob >= cuts[k]).astype(np.float32) if cuts is not None else prob
+    return out
+
+
 def refine_stage(cfg: DictConfig) -> dict:
     """Refined and GrabCut masks of every train image, then the ``refined`` layout."""
     p = PipePaths.from_cfg(cfg)
@@ -313,40 +373,40 @@ def refine_stage(cfg: DictConfig) -> dict:
     # null: each baseline's own tuned pixel threshold (its map is binarised with it first)
     tuned = cfg.pipe.refine.threshold is None
     threshold = 0.5 if tuned else float(cfg.pipe.refine.threshold)
-    cuts = [pr.tuned.pixel[0] for pr in predictors]
+    cuts = [float(pr.tuned.pixel[0]) for pr in predictors]
     min_fraction = float(cfg.pipe.refine.min_fraction)
     iterations = int(cfg.pipe.refine.grabcut_iterations)
+    size, context = int(cfg.pipe.crop.size), float(cfg.pipe.crop.context)
     train_dir = p.clean / "train"
     images = list_images(train_dir / "images")
     stats: dict[str, Any] = {"images": len(images), "boxes": 0, "fallbacks": 0}
     stats["thresholds"] = dict(zip(names, cuts, strict=True)) if tuned else threshold
-    with (
-        atomic_directory(train_dir / "refined_masks") as refined_dir,
-        atomic_directory(train_dir / "grabcut_masks") as grabcut_dir,
-    ):
-        for chunk in _chunks(images, PREDICT_BATCH):
-            arrays = [predictors[0].decode(path) for path in chunk]
-            maps: list[dict[int, np.ndarray]] = [{} for _ in chunk]
-            for k, predictor in enumerate(predictors):
-                for indices, _, probs in predictor.probabilities(arrays, gated=False):
-                    for i, index in enumerate(indices):
-                        prob = probs[i, 0].numpy()
-                        maps[index][k] = (prob >= cuts[k]).astype(np.float32) if tuned else prob
-            for path, image_maps in zip(chunk, maps, strict=True):
-                boxes = read_yolo_labels(train_dir / "labels" / f"{path.stem}.txt", len(names))
-                height, width = next(iter(image_maps.values())).shape
-                for box in boxes:
-                    rect = box_pixels(box, width, height)
-                    _, fell_back = refine_box(
-                        image_maps[box.class_id], rect, threshold, min_fraction
-                    )
-                    stats["fallbacks"] += fell_back
-                stats["boxes"] += len(boxes)
-                refined = refine_mask(boxes, image_maps, threshold, min_fraction)
-                write_index_mask(refined_dir / f"{path.stem}.png", refined)
-                grabcut = grabcut_mask(read_image(path, 3), boxes, iterations)
-                write_index_mask(grabcut_dir / f"{path.stem}.png", grabcut)
-    stats["layout"] = write_mask_layout(p.clean, p.layout("refined"), "refined", names)
+    with atomic_directory(p.refined) as out:
+        refined_dir, grabcut_dir = (out / "train" / folder for folder in REFINE_OUTPUTS)
+        refined_dir.mkdir(parents=True)
+        grabcut_dir.mkdir(parents=True)
+        for path in images:
+            image = read_image(path, 3)
+            height, width = image.shape[:2]
+            boxes = read_yolo_labels(train_dir / "labels" / f"{path.stem}.txt", len(names))
+            per_box = _box_probabilities(
+                predictors, image, boxes, size, context, cuts if tuned else None
+            )
+            refined, fallbacks = refine_boxes(
+                boxes, per_box, height, width, threshold, min_fraction
+            )
+            stats["boxes"] += len(boxes)
+            stats["fallbacks"] += fallbacks
+            write_index_mask(refined_dir / f"{path.stem}.png", refined)
+            grabcut = grabcut_mask(image, boxes, iterations)
+            write_index_mask(grabcut_dir / f"{path.stem}.png", grabcut)
+    stats["layout"] = write_mask_layout(
+        p.clean,
+        p.layout("refined"),
+        "refined",
+        names,
+        mask_roots={f: p.refined for f in REFINE_OUTPUTS},
+    )
     log.info("refined: %s", stats)
     return stats
 
@@ -381,23 +441,6 @@ def _model_predict(predictor: Any) -> Callable[[Sequence[Path]], list[np.ndarray
     from defects.kinds.gated import index_mask
 
     return lambda paths: [index_mask(r.masks) for r in predictor.predict_batch(list(paths))]
-
-
-def _baselines_predict(predictors: Sequence[Any]) -> Callable[[Sequence[Path]], list[np.ndarray]]:
-    """Per-class baselines as one model: class k's mask painted in id order (higher wins,
-    as `defects.kinds.gated.index_mask` does for a multi-class model)."""
-
-    def predict(paths: Sequence[Path]) -> list[np.ndarray]:
-        stacks = [[r.masks[0] for r in pr.predict_batch(list(paths))] for pr in predictors]
-        out = []
-        for i in range(len(paths)):
-            mask = np.zeros(stacks[0][i].shape, np.uint8)
-            for k, per_class in enumerate(stacks):
-                mask[per_class[i]] = k + 1
-            out.append(mask)
-        return out
-
-    return predict
 
 
 def _fmt(value: float | None, sign: bool = False, percent: bool = False) -> str:
@@ -457,19 +500,16 @@ def evaluate_stage(cfg: DictConfig) -> dict:
     train_truth = _read_masks(p.clean / "train" / "true_masks", train_stems, k)
     training_masks = {}
     for label, folder in TRAINING_MASKS.items():
-        if not (p.clean / "train" / folder).is_dir():
-            raise FileNotFoundError(f"{p.clean / 'train' / folder}: run the refine stage first")
-        pred = _read_masks(p.clean / "train" / folder, train_stems, k)
+        masks_dir = p.mask_root(folder) / "train" / folder
+        if not masks_dir.is_dir():
+            raise FileNotFoundError(f"{masks_dir}: run the refine stage first")
+        pred = _read_masks(masks_dir, train_stems, k)
         training_masks[label] = _per_class(mask_iou_per_class(pred, train_truth, k), names)
 
     images = list_images(p.clean / split / "images")
     stems = [i.stem for i in images]
     truth = _read_masks(p.clean / split / "true_masks", stems, k)
-    predictors: dict[str, Callable[[Sequence[Path]], list[np.ndarray]]] = {
-        BASELINE: _baselines_predict(
-            [_load_predictor(p.baseline(name) / "bundle.pt") for name in names]
-        )
-    }
+    predictors: dict[str, Callable[[Sequence[Path]], list[np.ndarray]]] = {}
     for model in cfg.pipe.models:
         predictors[str(model)] = _model_predict(_load_predictor(p.model(str(model)) / "bundle.pt"))
     models = {}

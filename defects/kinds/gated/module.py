@@ -78,7 +78,9 @@ class GateRecords(Metric):
         self.truth.append(truth.detach().bool())
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gate [N], truth [N] bool) over all images seen (all ranks); empty if none."""
+        """(gate [N], truth [N] bool) over all images seen (all ranks); empty if none.
+
+        torchmetrics squeezes a one-element result to 0-d: reshape(-1) what this returns."""
         # Lists of batches here; one tensor once synced across ranks.
         if isinstance(self.gate, list) and not self.gate:
             return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
@@ -165,7 +167,7 @@ class SegmentationModule(L.LightningModule):
         result = {f"val/{k}": v.float() for k, v in self.val_dice.compute().items()}
         seg = self.val_seg_dice.compute()
         result.update({f"val/seg_{k}": seg[k].float() for k in ("dice", "dice_defective")})
-        gate, truth = self.val_gate.compute()
+        gate, truth = (t.reshape(-1) for t in self.val_gate.compute())
         if len(gate):
             scores = gate_scores(gate.cpu().numpy(), truth.cpu().numpy(), self.thresholds.gate)
             result.update({f"val/{k}": torch.tensor(v) for k, v in scores.items()})
