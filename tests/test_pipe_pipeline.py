@@ -206,6 +206,7 @@ def test_every_model_is_a_whole_bundle(pipeline: dict) -> None:
     for model in MODELS:
         bundle = load_bundle(p.model(model) / "bundle.pt")
         assert bundle["class_names"] == names and bundle["input"]["channels"] == 3
+        assert bundle["output"] == {"exclusive": True}  # one class per pixel
         assert (p.metrics_dir / "segmenters" / model / "train.json").is_file()
     assert set(pipeline["results"]["final"]) == set(MODELS)
 

@@ -235,3 +235,14 @@ def test_refined_masks_beat_box_filled_masks(synthetic: Path) -> None:
     for name in ("disconnection", "deposits"):
         k = names.index(name)
         assert iou["grabcut"][k] > iou["box"][k]
+
+
+def test_exclusive_probabilities_keep_each_pixels_top_class() -> None:
+    from defects.kinds.gated.predictor import exclusive_probabilities
+
+    probs = torch.tensor([[[[0.9, 0.2]], [[0.8, 0.6]], [[0.1, 0.6]]]])  # [1, 3, 1, 2]
+    out = exclusive_probabilities(probs)
+    assert out[0, :, 0, 0].tolist() == pytest.approx([0.9, 0.0, 0.0])
+    assert out[0, :, 0, 1].tolist() == pytest.approx([0.0, 0.6, 0.0])  # a tie: the lower id
+    one = torch.rand(2, 1, 4, 4)
+    assert torch.equal(exclusive_probabilities(one), one)

@@ -92,6 +92,7 @@ class GatedSegmentationKind(ModelKind):
                 "channels": int(cfg.data.channels),
                 "resize": [int(v) for v in resize] if resize else None,
             },
+            "output": {"exclusive": bool(hp.get("exclusive", False))},
         }
 
     def tune(self, bundle: dict[str, Any], datamodule: Any) -> dict[str, Any]:

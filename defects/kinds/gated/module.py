@@ -104,6 +104,7 @@ class SegmentationModule(L.LightningModule):
         gate_weight: float = 0.5,
         thresholds: dict[str, Any] | None = None,
         monitor: str = "val/dice",
+        exclusive: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])

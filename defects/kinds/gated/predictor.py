@@ -4,6 +4,11 @@ One resize in, one resize out: with `input.resize` in the bundle the image is re
 bilinearly for the network and its probabilities are resized back bilinearly, and the
 thresholds (pixel, min_area in original pixels) apply at the original resolution. Threshold
 tuning reads the same probabilities (`probabilities`), so what is tuned is what is served.
+
+With ``output.exclusive`` in the bundle (``model.exclusive``) each pixel keeps only its most
+probable class's probability, the others 0: for classes that cannot share a pixel (pipe
+defects) two look-alike classes firing on one blob become one class, not two overlapping
+masks that an index mask would settle by class id.
 """
 
 from __future__ import annotations
@@ -22,6 +27,15 @@ from defects.kinds.gated.thresholds import Thresholds, binarize
 from defects.results import SegmentationResult
 
 
+def exclusive_probabilities(probs: torch.Tensor) -> torch.Tensor:
+    """[N, K, H, W] with every class but each pixel's most probable one set to 0 (ties:
+    the lower class id)."""
+    if probs.shape[1] < 2:
+        return probs
+    top = probs.argmax(dim=1, keepdim=True)
+    return torch.zeros_like(probs).scatter_(1, top, probs.gather(1, top))
+
+
 class SegmentationPredictor(Predictor):
     """`predict(image)` -> SegmentationResult through the gated flow and tuned thresholds."""
 
@@ -36,6 +50,7 @@ class SegmentationPredictor(Predictor):
         self.device = device
         resize = meta["input"].get("resize")
         self.resize = tuple(int(v) for v in resize) if resize else None
+        self.exclusive = bool((meta.get("output") or {}).get("exclusive", False))
 
     def required_thresholds(self) -> tuple[str, ...]:
         return ("gate", "pixel", "min_area")
@@ -61,6 +76,8 @@ class SegmentationPredictor(Predictor):
             gate, probs = self.flow(batch, self.tuned.gate if gated else None)
             if self.resize:
                 probs = F.interpolate(probs, size=shape[-2:], mode="bilinear", align_corners=False)
+            if self.exclusive:
+                probs = exclusive_probabilities(probs)
             yield indices, gate.cpu(), probs.cpu()
 
     def predict_batch(self, images: Sequence[Any]) -> list[SegmentationResult]:
