@@ -211,6 +211,35 @@ def test_every_model_is_a_whole_bundle(pipeline: dict) -> None:
     assert set(pipeline["results"]["final"]) == set(MODELS)
 
 
+def test_final_model_serves_through_the_steel_predictor_and_onnx(
+    pipeline: dict, tmp_path: Path
+) -> None:
+    """The final model is a gated bundle: `defects.load`, its ONNX export and the web app's
+    predictor give the same one-class-per-pixel masks."""
+    import defects
+    from defects.export import export_bundle
+    from defects.serve import create_app
+
+    p: PipePaths = pipeline["paths"]
+    bundle = p.model("final") / "bundle.pt"
+    eager = defects.load(bundle)
+    onnx = defects.load(export_bundle(bundle, tmp_path / "onnx"))
+    assert onnx.backend == "onnx" and onnx.exclusive and eager.exclusive
+    images = list_images(p.clean / "test" / "images")
+    for a, b in zip(eager.predict_batch(images), onnx.predict_batch(images), strict=True):
+        assert np.array_equal(a.masks, b.masks)
+        assert a.masks.sum(axis=0).max() <= 1  # exclusive: never two classes on one pixel
+    client = create_app(eager).test_client()
+    with images[0].open("rb") as handle:
+        reply = client.post(
+            "/api/predict",
+            data={"image": (handle, images[0].name)},
+            content_type="multipart/form-data",
+        )
+    assert reply.status_code == 200, reply.data[:300]
+    assert reply.get_json() == {"image": images[0].name, **eager.predict(images[0]).record()}
+
+
 def test_refined_and_grabcut_masks_never_leave_the_boxes(pipeline: dict) -> None:
     p: PipePaths = pipeline["paths"]
     names = p.class_names()
