@@ -324,3 +324,20 @@ def test_stage_config_deps_are_the_options_it_uses(name: str) -> None:
             f"{CONFIGS}/{g}/{choices[g]}.yaml" for g in groups if g in choices
         }
         assert listed == expected, f"{name}: config deps differ from {sorted(expected)}"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_every_stage_but_prepare_reads_an_upstream_output(name: str) -> None:
+    """The DAG is connected: a stage that reads data another stage writes depends on it
+    (import_pipe once ran before prepare_pipe because its dep on data/pipe was missing)."""
+    step, task = step_and_task(name)
+    if step == "prepare":
+        return
+    upstream = {
+        path
+        for other, stage in STAGES.items()
+        if other != name and step_and_task(other)[1] == task
+        for path in outputs_of(stage)
+    }
+    deps = paths_of(STAGES[name]["deps"])
+    assert any(dep in upstream for dep in deps), f"{name}: depends on no output of its task"
