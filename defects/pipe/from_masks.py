@@ -26,7 +26,12 @@ from defects.data.images import list_images
 from defects.data.synthetic.pipe import boxes_from_index_mask
 from defects.formats.io import atomic_directory, atomic_write_text
 from defects.formats.layout import SPLITS
-from defects.formats.mask_folder import import_mask_folder, read_index_mask, write_index_mask
+from defects.formats.mask_folder import (
+    NONE_CLASS,
+    import_mask_folder,
+    read_index_mask,
+    write_index_mask,
+)
 from defects.formats.yolo import write_class_names, write_yolo_labels
 from defects.pipe.coarse import image_size
 
@@ -80,7 +85,7 @@ def boxes_from_mask_folder(
             seed=seed,
             strict=strict,
         )
-        names = [n for n in classes if n != "none"]
+        names = [n for n in classes if n != NONE_CLASS]
         write_class_names(stage / "data.yaml", names)
         boxes_count = {split: dict.fromkeys(names, 0) for split in SPLITS}
         classes_of: dict[str, set[int]] = {}

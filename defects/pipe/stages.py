@@ -10,8 +10,8 @@ stage before it wrote under ``pipe.work_dir`` and never writes into ``pipe.sourc
                  ``{split}/coarse_masks`` from the cleaned boxes (`coarse_masks`): masks are
                  made after cleaning, so a false box never becomes a mask.
 3. ``layouts``   ``work/layouts/{fine,box,oracle}`` in the ``masks`` layout
-                 (`defects.pipe.layout`; valid/test hold the true masks) and one binary
-                 ``baseline_<class>`` per class of box crops (`write_crop_layout`,
+                 (`defects.pipe.layout`; valid/test hold the true masks) and, per class,
+                 a binary layout of box crops ``work/crops/<class>`` (`write_crop_layout`,
                  ``pipe.crop``): the fine subset's boxes of that class.
 4. ``baselines`` one binary segmenter per class on its crops, the steel segmentation path
                  (`defects.train.train`) with ``class_names=[<class>]`` and ``pipe.baseline``
@@ -19,11 +19,11 @@ stage before it wrote under ``pipe.work_dir`` and never writes into ``pipe.sourc
 5. ``refine``    every train image: each box is cut out as in training, its class
                  baseline's probability (ungated) scaled back into the box replaces it
                  (`refine_boxes`, ``pipe.refine``), falling back to the box;
-                 ``train/refined_masks`` and, for comparison, ``train/grabcut_masks``; then
-                 ``work/layouts/refined``.
+                 ``work/refined/train/refined_masks`` and, for comparison,
+                 ``work/refined/train/grabcut_masks``; then ``work/layouts/refined``.
 6. ``final``     the multi-class models of ``pipe.models`` (name -> layout): ``baseline`` on
                  the fine subset alone, ``final`` on ``refined``, and ``box`` and ``oracle``
-                 to compare: ``models/pipe/<name>/``.
+                 to compare: ``models/pipe/segmenters/<name>/``.
 7. ``evaluate``  per-class IoU (`mask_iou_per_class`) on ``split`` (test) against the true
                  masks, of the written predictions (``work/predictions/<model>/<split>/``),
                  and of the training masks (box, GrabCut, refined) on the train images
@@ -201,10 +201,9 @@ def layouts_stage(cfg: DictConfig) -> dict:
         v: write_mask_layout(p.clean, p.layout(v), v, names) for v in ("fine", "box", "oracle")
     }
     for k, name in enumerate(names):
-        counts[f"baseline_{name}"] = write_crop_layout(
-            p.clean, p.crops(name), names, k, size, context
-        )
-        if not counts[f"baseline_{name}"].get("train"):
+        crops = write_crop_layout(p.clean, p.crops(name), names, k, size, context)
+        counts[f"baseline_{name}"] = crops
+        if not crops.get("train"):
             raise ConfigError(
                 f"class {name!r} has no box in the fine subset ({p.clean / 'fine.txt'}): "
                 "its baseline has nothing to learn from"
