@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -30,7 +31,15 @@ from defects.formats.layout import SPLITS, is_image_file
 from defects.formats.mask_folder import write_index_mask
 from defects.formats.yolo import YoloBox, read_class_names, read_yolo_labels
 
-__all__ = ["box_pixels", "coarse_mask", "coarse_masks", "image_size", "paint_order"]
+__all__ = [
+    "box_pixels",
+    "boxes_from_index_mask",
+    "coarse_mask",
+    "coarse_masks",
+    "image_size",
+    "mask_components",
+    "paint_order",
+]
 
 PixelBox = tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels, x2/y2 exclusive
 
@@ -124,3 +133,26 @@ def coarse_masks(
             for stem, boxes, width, height in items:
                 write_index_mask(tmp / f"{stem}.png", coarse_mask(boxes, width, height))
     return {split: len(items) for split, items in plan.items()}
+
+
+# --------------------------------------------------------------------------- masks -> boxes
+
+
+def mask_components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
+    """(x, y, w, h, area) of each 8-connected component of a bool mask."""
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return [tuple(int(v) for v in stats[i]) for i in range(1, n)]  # type: ignore[misc]
+
+
+def boxes_from_index_mask(mask: np.ndarray) -> list[YoloBox]:
+    """One YOLO box per 8-connected component of each class in an index mask (1-based ids).
+
+    Boxes are the components' tight pixel bounds, class id = mask value - 1, ordered by class
+    then component (top-left first), so labels are a pure function of the mask.
+    """
+    height, width = mask.shape
+    boxes = []
+    for value in range(1, int(mask.max()) + 1 if mask.size else 1):
+        for x, y, w, h, _ in mask_components(mask == value):
+            boxes.append(YoloBox.from_xyxy(value - 1, x, y, x + w, y + h, width, height))
+    return boxes

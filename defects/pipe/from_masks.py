@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from defects.data.images import list_images
-from defects.data.synthetic.pipe import boxes_from_index_mask
 from defects.formats.io import atomic_directory, atomic_write_text
 from defects.formats.layout import SPLITS
 from defects.formats.mask_folder import (
@@ -33,7 +32,7 @@ from defects.formats.mask_folder import (
     write_index_mask,
 )
 from defects.formats.yolo import write_class_names, write_yolo_labels
-from defects.pipe.coarse import image_size
+from defects.pipe.coarse import boxes_from_index_mask, image_size
 
 __all__ = ["boxes_from_mask_folder"]
 

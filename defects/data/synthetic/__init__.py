@@ -13,7 +13,7 @@ _WHERE = {
     "save_preview": "defects.data.synthetic.preview",
     "PIPE_CLASSES": "defects.data.synthetic.pipe",
     "PIPE_RARE_CLASSES": "defects.data.synthetic.pipe",
-    "boxes_from_index_mask": "defects.data.synthetic.pipe",
+    "boxes_from_index_mask": "defects.pipe.coarse",
     "generate_pipe_dataset": "defects.data.synthetic.pipe",
     "render_pipe_frame": "defects.data.synthetic.pipe",
     "save_pipe_preview": "defects.data.synthetic.pipe",

@@ -52,7 +52,8 @@ import numpy as np
 from defects.data.synthetic.common import SPLITS, check_class_names, check_size
 from defects.formats.io import atomic_directory, atomic_write_text
 from defects.formats.mask_folder import write_index_mask
-from defects.formats.yolo import YoloBox, write_class_names
+from defects.formats.yolo import write_class_names
+from defects.pipe.coarse import boxes_from_index_mask, mask_components
 
 __all__ = [
     "PIPE_CLASSES",
@@ -549,12 +550,6 @@ DEFECT_RENDERERS: dict[str, _Drawer] = {
 # --------------------------------------------------------------------------- masks and boxes
 
 
-def _components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
-    """(x, y, w, h, area) of each 8-connected component of a bool mask."""
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    return [tuple(int(v) for v in stats[i]) for i in range(1, n)]  # type: ignore[misc]
-
-
 def _drop_specks(mask: np.ndarray) -> np.ndarray:
     """The mask without components smaller than ``MIN_COMPONENT_PX``."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
@@ -565,24 +560,10 @@ def _drop_specks(mask: np.ndarray) -> np.ndarray:
 
 def _plausible(mask: np.ndarray) -> bool:
     """A usable defect: something left, and no component box thinner than the aspect limit."""
-    comps = _components(mask)
+    comps = mask_components(mask)
     if not comps:
         return False
     return all(max(w, h) / min(w, h) <= MAX_COMPONENT_ASPECT for _, _, w, h, _ in comps)
-
-
-def boxes_from_index_mask(mask: np.ndarray) -> list[YoloBox]:
-    """One YOLO box per 8-connected component of each class in an index mask (1-based ids).
-
-    Boxes are the components' tight pixel bounds, class id = mask value - 1, ordered by class
-    then component (top-left first), so labels are a pure function of the mask.
-    """
-    height, width = mask.shape
-    boxes = []
-    for value in range(1, int(mask.max()) + 1 if mask.size else 1):
-        for x, y, w, h, _ in _components(mask == value):
-            boxes.append(YoloBox.from_xyxy(value - 1, x, y, x + w, y + h, width, height))
-    return boxes
 
 
 # --------------------------------------------------------------------------- frame
