@@ -30,6 +30,7 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
 from defects.kinds.fasterrcnn.net import Detector
+from defects.kinds.onnx_session import cpu_session
 
 OPSET = 17
 INPUT = "image"
@@ -216,15 +217,7 @@ class OnnxDetector:
     """An exported detector behind `Detector`'s eval interface: images in, detections out."""
 
     def __init__(self, path: str | Path, threads: int = 0):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads > 0:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        # Idle worker threads would otherwise spin and take the cores from the caller.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path, threads)
         self.channels: int = self.session.get_inputs()[0].shape[0]
 
     @torch.inference_mode()

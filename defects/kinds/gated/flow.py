@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from defects.kinds.gated.net import Segmenter
+from defects.kinds.onnx_session import cpu_session
 
 Part = Callable[..., Any]
 
@@ -51,24 +52,11 @@ class GatedFlow:
         """Sessions for the graphs `export_onnx` wrote into `folder`."""
         import json
 
-        import onnxruntime as ort
-
         folder = Path(folder)
         meta = json.loads((folder / "flow.json").read_text())
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        # The gated flow alternates between sessions; a finished session's threads would
-        # otherwise spin-wait for more work and take the cores from the next one.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # The flow alternates between sessions: their idle workers sleep (see cpu_session).
         parts = {
-            name: _OnnxPart(
-                ort.InferenceSession(
-                    str(folder / f"{name}.onnx"), options, providers=["CPUExecutionProvider"]
-                )
-            )
-            for name in meta["parts"]
+            name: _OnnxPart(cpu_session(folder / f"{name}.onnx", threads)) for name in meta["parts"]
         }
         return cls(meta["design"], parts, meta["num_classes"], meta["stride"])
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from defects.kinds.onnx_session import cpu_session
 from defects.kinds.yolo.boxes import decode, letterbox
 
 Network = Callable[[torch.Tensor], torch.Tensor]
@@ -45,14 +46,7 @@ class OnnxNetwork:
     """The exported YOLO graph in ONNX Runtime: [1, C, S, S] -> [1, 4 + classes, anchors]."""
 
     def __init__(self, path: Path, threads: int = 0):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path, threads)
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
