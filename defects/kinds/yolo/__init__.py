@@ -49,11 +49,13 @@ class YoloKind(BoxKind):
         return YoloNet(**kwargs)
 
     def predictor(self, bundle: dict[str, Any], device: str = "cpu") -> DetectionPredictor:
-        net = self.network(bundle).fuse().to(device)
+        # Channels-last: oneDNN's convolutions skip a layout change per layer (yolo12n at
+        # 640x480 on 2 CPU cores: 196 -> 176 ms); the numbers are the same convolutions.
+        net = self.network(bundle).fuse().to(device, memory_format=torch.channels_last)
 
         def run(x: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
-                return net(x.to(device))
+                return net(x.to(device, memory_format=torch.channels_last))
 
         runner = YoloRunner(run, bundle["model"]["postprocess"])
         return DetectionPredictor(bundle_meta(bundle), runner, "eager", device)
