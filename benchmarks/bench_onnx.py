@@ -18,6 +18,12 @@ alike. ONNX Runtime's workers sleep when idle (`OnnxDetector` turns spinning off
 OpenMP workers are told to as well (OMP_WAIT_POLICY=PASSIVE unless set): spinning workers on
 a busy 2-core machine made eager at 2 threads ~10x slower, a figure about the load, not the
 backend.
+
+`--isolated`: a service runs one backend per process, so in-process figures understate
+whichever backend loses the cores to the other's idle workers. With this flag each backend
+runs in a worker process of its own with the libraries' own defaults (torch's OpenMP wait
+policy, unless OMP_WAIT_POLICY is set by the caller; the predictor's ONNX Runtime session
+options), and the parent still alternates their passes in pairs, one process busy at a time.
 """
 
 from __future__ import annotations
@@ -25,13 +31,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-# Read once, when torch loads its OpenMP runtime: must precede `import torch`.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Read once, when torch loads its OpenMP runtime: must precede `import torch`. An isolated
+# worker keeps what its parent was started with (see --isolated).
+CALLER_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
+if not os.environ.get("BENCH_ONNX_WORKER"):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -82,10 +92,76 @@ def time_pair(eager, onnx, images: list[np.ndarray], repeats: int) -> tuple[floa
     for repeat in range(repeats):
         order = [("eager", eager), ("onnx", onnx)]
         for name, predictor in order if repeat % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            for image in images:
-                predictor.predict(image)
-            rates[name].append(len(images) / (time.perf_counter() - start))
+            rates[name].append(time_pass(predictor, images))
+    ratios = [o / e for o, e in zip(rates["onnx"], rates["eager"], strict=True)]
+    median = statistics.median
+    return median(rates["eager"]), median(rates["onnx"]), median(ratios)
+
+
+def time_pass(predictor, images: list[np.ndarray]) -> float:
+    start = time.perf_counter()
+    for image in images:
+        predictor.predict(image)
+    return len(images) / (time.perf_counter() - start)
+
+
+def load_backend(path: str, backend: str, threads: int):
+    if backend == "onnx":
+        return defects.load(path, backend="onnx", threads=threads)
+    return defects.load(path)
+
+
+def serve_worker(path: str, backend: str, threads: int, count: int) -> None:
+    """--worker: load one backend, then time one pass per line read from stdin."""
+    torch.set_num_threads(threads)
+    predictor = load_backend(path, backend, threads)
+    images = images_for(load_bundle(path)["task"], count, seed=11)
+    time_pass(predictor, images)  # warm-up
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "pass":
+            break
+        print(f"{time_pass(predictor, images):.6f}", flush=True)
+
+
+class Worker:
+    """A benchmark worker process holding one backend (see --isolated)."""
+
+    def __init__(self, path: str, backend: str, threads: int, count: int):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if CALLER_WAIT_POLICY is not None:
+            env["OMP_WAIT_POLICY"] = CALLER_WAIT_POLICY
+        env["BENCH_ONNX_WORKER"] = "1"
+        command = [sys.executable, __file__, "--worker", backend, "--bundle", path]
+        command += ["--threads", str(threads), "--count", str(count)]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"benchmark worker for {backend} on {path} did not start")
+
+    def predict_pass(self) -> float:
+        self.process.stdin.write("pass\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def time_isolated(path: str, threads: int, count: int, repeats: int) -> tuple[float, ...]:
+    """Like `time_pair`, each backend in its own process (both warm before the first pair)."""
+    workers = {b: Worker(path, b, threads, count) for b in ("eager", "onnx")}
+    try:
+        rates: dict[str, list[float]] = {"eager": [], "onnx": []}
+        for repeat in range(repeats):
+            order = ["eager", "onnx"] if repeat % 2 == 0 else ["onnx", "eager"]
+            for name in order:
+                rates[name].append(workers[name].predict_pass())
+    finally:
+        for worker in workers.values():
+            worker.close()
     ratios = [o / e for o, e in zip(rates["onnx"], rates["eager"], strict=True)]
     median = statistics.median
     return median(rates["eager"]), median(rates["onnx"]), median(ratios)
@@ -117,14 +193,26 @@ def main() -> None:
         "--task", action="append", choices=("weld", "steel"), help="untrained bundle(s) to time"
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--isolated", action="store_true", help="each backend in its own process, own defaults"
+    )
+    parser.add_argument("--worker", choices=("eager", "onnx"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        serve_worker(args.bundle[0], args.worker, args.threads, args.count)
+        return
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tasks = args.task or ["weld", "steel"]
         bundles = args.bundle or [str(untrained_bundle(t, Path(tmp))) for t in tasks]
+        policy = (
+            f"one process per backend, OMP_WAIT_POLICY={CALLER_WAIT_POLICY or 'unset'}"
+            if args.isolated
+            else f"one process, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
+        )
         print(
             f"{args.count} images per task, batch 1, {args.threads} threads, "
-            f"torch {torch.__version__}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+            f"torch {torch.__version__}, {policy}, "
             f"medians of {args.repeats} interleaved pairs of passes"
         )
         print("| task | kind | eager img/s | ONNX img/s | ONNX / eager | agreement |")
@@ -134,7 +222,11 @@ def main() -> None:
             eager = defects.load(path)
             onnx = defects.load(path, backend="onnx", threads=args.threads)
             images = images_for(task, args.count, seed=11)
-            rate_eager, rate_onnx, ratio = time_pair(eager, onnx, images, args.repeats)
+            if args.isolated:
+                timed = time_isolated(path, args.threads, args.count, args.repeats)
+            else:
+                timed = time_pair(eager, onnx, images, args.repeats)
+            rate_eager, rate_onnx, ratio = timed
             print(
                 f"| {task} | {eager.kind} | {rate_eager:.1f} | {rate_onnx:.1f} | "
                 f"{ratio:.2f} | {disagreement(task, eager, onnx, images)} |",

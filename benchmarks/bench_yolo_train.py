@@ -17,6 +17,11 @@ Then both models are scored on the test split three ways, printed side by side:
    (101-point interpolated AP, P/R at the max mean-F1 confidence);
 3. Ultralytics' own validator on each model (its letterbox with rect batches, its NMS).
 Rows 1-2 differ only by the metric; rows 2-3 only by pre/post-processing.
+
+One short CPU run is a noisy draw (weight init, augmentation, which frames the best epoch
+fits), so `--seeds 1 2 3` trains both sides once per seed on the same frames and prints each
+seed's rows and their mean. The generated default's test split can be enlarged
+(`--n-test 8` videos; train and valid frames do not change: each split has its own RNG).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from defects.bundle import load_bundle, save_bundle  # noqa: E402
 from defects.kinds.yolo import KIND, adapter  # noqa: E402
 
 
-def config(data: Path, out: Path, args: argparse.Namespace) -> object:
+def config(data: Path, out: Path, args: argparse.Namespace, seed: int) -> object:
     overrides = [
         "task=winding",
         f"paths.data_dir={data}",
@@ -52,9 +57,11 @@ def config(data: Path, out: Path, args: argparse.Namespace) -> object:
         f"paths.plots_dir={out / 'plots'}",
         "logger=none",
         "trainer.enable_progress_bar=false",
-        f"seed={args.seed}",
+        f"seed={seed}",
         f"model.model_yaml={args.model_yaml}",
     ]
+    if args.n_test is not None:
+        overrides.append(f"prepare.n_test={args.n_test}")
     given = {
         "trainer.max_epochs": args.epochs,
         "data.batch_size": args.batch,
@@ -114,7 +121,7 @@ def train_theirs(data_yaml: Path, out: Path, args: argparse.Namespace, cfg: obje
         hsv_v=0.4,
         device="cpu",
         workers=0,
-        seed=args.seed,
+        seed=int(cfg.seed),
         deterministic=False,
         amp=False,
         plots=False,
@@ -166,6 +173,63 @@ def score(bundle_path: Path, datamodule: object, data_yaml: Path, args: argparse
     }
 
 
+ROWS = ("ours", "ultralytics_metric_on_our_predictions", "ultralytics_validator")
+SIDES = ("ours (defects Lightning)", "theirs (Ultralytics trainer)")
+METRICS = ("precision", "recall", "mAP50", "mAP50-95")
+
+
+def run_seed(data: Path, data_yaml: Path, out: Path, args: argparse.Namespace, seed: int):
+    """Train both sides with one seed (unless --skip-train) and score both bundles."""
+    cfg = config(data, out / "ours", args, seed)
+    times = {}
+    ours_bundle = out / "ours" / "models" / "bundle.pt"
+    theirs_bundle = out / "theirs" / "bundle.pt"
+    if not args.skip_train:
+        from defects.train import train
+
+        start = time.perf_counter()
+        train(cfg)
+        times[SIDES[0]] = time.perf_counter() - start
+        start = time.perf_counter()
+        best = train_theirs(data_yaml, out / "theirs", args, cfg)
+        times[SIDES[1]] = time.perf_counter() - start
+        # Their EMA weights in our bundle: same network, same predictor, same thresholds rule.
+        bundle = load_bundle(ours_bundle)
+        state = {f"model.{k}": v for k, v in adapter.reference_state_dict(best).items()}
+        keep = ("task", "model", "class_names", "thresholds", "input", "name")
+        save_bundle(theirs_bundle, state_dict=state, **{k: bundle[k] for k in keep})
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    results = {
+        SIDES[0]: score(ours_bundle, datamodule, data_yaml, args),
+        SIDES[1]: score(theirs_bundle, datamodule, data_yaml, args),
+    }
+    (out / "results.json").write_text(json.dumps({"results": results, "seconds": times}, indent=2))
+    return results, times
+
+
+def print_rows(title: str, results: dict) -> None:
+    print(title)
+    print(f"{'scored by':42s}{'trained by':30s}{'P':>7s}{'R':>7s}{'mAP50':>8s}{'mAP50-95':>10s}")
+    for row in ROWS:
+        for side in SIDES:
+            m = results[side][row]
+            print(
+                f"{row:42s}{side:30s}{m['precision']:7.3f}{m['recall']:7.3f}"
+                f"{m['mAP50']:8.3f}{m['mAP50-95']:10.3f}"
+            )
+
+
+def mean_results(per_seed: list[dict]) -> dict:
+    return {
+        side: {
+            row: {k: sum(r[side][row][k] for r in per_seed) / len(per_seed) for k in METRICS}
+            for row in ROWS
+        }
+        for side in SIDES
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=None, help="YOLO-layout folder")
@@ -177,60 +241,45 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: the task config")
     parser.add_argument("--close-mosaic", type=int, default=None, help="default: the task config")
     parser.add_argument("--model-yaml", default="yolo12n.yaml")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="training seeds")
+    parser.add_argument("--data-seed", type=int, default=42, help="seed of the generated data")
+    parser.add_argument("--n-test", type=int, default=None, help="test videos (generated data)")
     parser.add_argument("--skip-train", action="store_true", help="score existing runs")
     args = parser.parse_args()
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = args.data.resolve() if args.data else out / "data"
-    cfg = config(data, out / "ours", args)
+    cfg = config(data, out, args, args.data_seed)
     if args.data is None and not (data / "data.yaml").exists():
         instantiate(cfg.prepare, out_dir=str(data), _convert_="all")
-    class_names = list(cfg.class_names)
-    data_yaml = ultralytics_data_yaml(data, class_names, out)
+    data_yaml = ultralytics_data_yaml(data, list(cfg.class_names), out)
 
-    from defects.train import train
-
-    times = {}
-    ours_bundle = out / "ours" / "models" / "bundle.pt"
-    theirs_bundle = out / "theirs" / "bundle.pt"
-    if not args.skip_train:
-        start = time.perf_counter()
-        train(cfg)
-        times["ours"] = time.perf_counter() - start
-        start = time.perf_counter()
-        best = train_theirs(data_yaml, out / "theirs", args, cfg)
-        times["theirs"] = time.perf_counter() - start
-        # Their EMA weights in our bundle: same network, same predictor, same thresholds rule.
-        bundle = load_bundle(ours_bundle)
-        state = {f"model.{k}": v for k, v in adapter.reference_state_dict(best).items()}
-        keep = ("task", "model", "class_names", "thresholds", "input", "name")
-        save_bundle(theirs_bundle, state_dict=state, **{k: bundle[k] for k in keep})
-
-    datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.setup("fit")
-    results = {
-        "ours (defects Lightning)": score(ours_bundle, datamodule, data_yaml, args),
-        "theirs (Ultralytics trainer)": score(theirs_bundle, datamodule, data_yaml, args),
-    }
+    per_seed, all_times = [], {}
+    for seed in args.seeds:
+        folder = out / f"seed{seed}" if len(args.seeds) > 1 else out
+        results, times = run_seed(data, data_yaml, folder, args, seed)
+        per_seed.append(results)
+        all_times[seed] = times
     print(
         f"\n{args.model_yaml} from scratch, {cfg.trainer.max_epochs} epochs, imgsz "
         f"{cfg.model.imgsz}, batch {cfg.data.batch_size}, nominal batch "
         f"{cfg.model.nominal_batch}, lr {cfg.optimizer.lr}; test split of {data}"
     )
-    header = f"{'scored by':42s}{'trained by':30s}{'P':>7s}{'R':>7s}{'mAP50':>8s}{'mAP50-95':>10s}"
-    print(header)
-    for row in ("ours", "ultralytics_metric_on_our_predictions", "ultralytics_validator"):
-        for trained, result in results.items():
-            m = result[row]
-            print(
-                f"{row:42s}{trained:30s}{m['precision']:7.3f}{m['recall']:7.3f}"
-                f"{m['mAP50']:8.3f}{m['mAP50-95']:10.3f}"
-            )
-    for trained, seconds in times.items():
-        print(f"training wall time {trained}: {seconds:.0f} s")
-    (out / "results.json").write_text(json.dumps({"results": results, "seconds": times}, indent=2))
+    for seed, results in zip(args.seeds, per_seed, strict=True):
+        print_rows(f"\nseed {seed}", results)
+    if len(per_seed) > 1:
+        print_rows(f"\nmean of {len(per_seed)} seeds", mean_results(per_seed))
+        for side in SIDES:
+            values = " ".join(f"{r[side]['ours']['mAP50']:.3f}" for r in per_seed)
+            print(f"test mAP50 per seed, {side}: {values}")
+    for seed, times in all_times.items():
+        for side, seconds in times.items():
+            print(f"training wall time, seed {seed}, {side}: {seconds:.0f} s")
+    summary = {"seeds": args.seeds, "per_seed": per_seed, "seconds": all_times}
+    if len(per_seed) > 1:
+        summary["mean"] = mean_results(per_seed)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
