@@ -62,6 +62,7 @@ def config(data: Path, out: Path, args: argparse.Namespace, seed: int) -> object
     ]
     if args.n_test is not None:
         overrides.append(f"prepare.n_test={args.n_test}")
+    overrides += args.override
     given = {
         "trainer.max_epochs": args.epochs,
         "data.batch_size": args.batch,
@@ -184,12 +185,14 @@ def run_seed(data: Path, data_yaml: Path, out: Path, args: argparse.Namespace, s
     times = {}
     ours_bundle = out / "ours" / "models" / "bundle.pt"
     theirs_bundle = out / "theirs" / "bundle.pt"
-    if not args.skip_train:
+    # A side whose bundle is already in the output folder is reused (delete it to retrain).
+    if not args.skip_train and not ours_bundle.exists():
         from defects.train import train
 
         start = time.perf_counter()
         train(cfg)
         times[SIDES[0]] = time.perf_counter() - start
+    if not args.skip_train and not theirs_bundle.exists():
         start = time.perf_counter()
         best = train_theirs(data_yaml, out / "theirs", args, cfg)
         times[SIDES[1]] = time.perf_counter() - start
@@ -244,6 +247,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="training seeds")
     parser.add_argument("--data-seed", type=int, default=42, help="seed of the generated data")
     parser.add_argument("--n-test", type=int, default=None, help="test videos (generated data)")
+    parser.add_argument(
+        "--override", action="append", default=[], help="a Hydra override for our side"
+    )
     parser.add_argument("--skip-train", action="store_true", help="score existing runs")
     args = parser.parse_args()
 

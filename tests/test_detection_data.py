@@ -67,3 +67,64 @@ def test_flip_moves_boxes_with_pixels(weld_root: Path) -> None:
             [width, 0, width, 0]
         )
         np.testing.assert_allclose(flipped["boxes"].numpy(), expected.numpy(), atol=1e-3)
+
+
+def test_canvas_mosaic_zoomed_out_shows_all_four_images_with_their_boxes() -> None:
+    """Mosaic on the 2x canvas, then scale 0.5 and the centre crop: the four images' central
+    boxes all land in the crop, one per quadrant, each with its own label (cropping before
+    the affine step would show one quarter of the canvas shrunk inside a grey border)."""
+    import albumentations as A
+
+    from defects.data.transforms import build_transform, canvas_mosaic
+
+    size = 64
+
+    def item(label: int) -> dict:
+        image = np.full((size, size, 3), 40 * (label + 1), np.uint8)
+        return {"image": image, "bboxes": np.array([[24.0, 24.0, 40.0, 40.0]]), "labels": [label]}
+
+    transform = build_transform(
+        [
+            canvas_mosaic(size),
+            A.Affine(scale=0.5, fill=114, p=1.0),
+            A.CenterCrop(size, size),
+        ],
+        bbox=True,
+        seed=0,
+        min_visibility=0.1,
+    )
+    first = item(0)
+    out = transform(
+        image=first["image"],
+        bboxes=first["bboxes"],
+        labels=first["labels"],
+        mosaic_metadata=[item(k) for k in (1, 2, 3)],
+    )
+    assert out["image"].shape == (size, size, 3)
+    boxes = np.asarray(out["bboxes"]).reshape(-1, 4)
+    assert sorted(out["labels"]) == [0, 1, 2, 3]
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    quadrants = {(int(x >= size / 2), int(y >= size / 2)) for x, y in centres}
+    assert quadrants == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert np.allclose(boxes[:, 2:] - boxes[:, :2], 8.0, atol=0.5)  # 16 px boxes at scale 0.5
+
+
+def test_box_filter_keeps_or_drops_boxes_a_crop_cuts() -> None:
+    """A crop leaving 20 % of a box: dropped at min_visibility 0.3, kept at 0.1; a sliver
+    under min_box_px is dropped whatever its share."""
+    import albumentations as A
+
+    from defects.data.transforms import build_transform
+
+    image = np.zeros((100, 100), np.uint8)
+    crop = [A.Crop(x_min=0, y_min=0, x_max=52, y_max=100)]
+    box = np.array([[48.0, 10.0, 68.0, 30.0]])  # 4 of its 20 px width survive: 20 %
+    kept = {
+        (vis, px): len(
+            build_transform(crop, bbox=True, min_visibility=vis, min_box_px=px)(
+                image=image, bboxes=box, labels=[0]
+            )["bboxes"]
+        )
+        for vis, px in [(0.3, 0), (0.1, 0), (0.1, 5)]
+    }
+    assert kept == {(0.3, 0): 0, (0.1, 0): 1, (0.1, 5): 0}

@@ -205,6 +205,8 @@ class DetectionDataModule(L.LightningDataModule):
         verify_images: bool = True,
         seed: int = 0,
         mixup: float = 0.0,
+        min_visibility: float = 0.3,
+        min_box_px: float = 0.0,
     ):
         super().__init__()
         self.root = Path(root)
@@ -217,6 +219,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.verify_images = verify_images
         self.seed = seed
         self.mixup = mixup
+        self.box_filter = {"min_visibility": min_visibility, "min_box_px": min_box_px}
         self.report = SkipReport()
         self.datasets: dict[str, DetectionDataset] = {}
 
@@ -250,7 +253,11 @@ class DetectionDataModule(L.LightningDataModule):
             if (self.report.count, self.report.clipped_count) != before:
                 log.warning("%s/%s: %s", self.root, split, self.report.summary())
             augment = self.augment if split == "train" else None
-            transform = build_transform(augment, bbox=True, seed=self.seed) if augment else None
+            transform = (
+                build_transform(augment, bbox=True, seed=self.seed, **self.box_filter)
+                if augment
+                else None
+            )
             mixup = self.mixup if split == "train" else 0.0
             self.datasets[split] = DetectionDataset(
                 samples, self.channels, transform, mixup, self.seed
