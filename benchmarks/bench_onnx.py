@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Read once, when torch loads its OpenMP runtime: must precede `import torch`. An isolated
@@ -82,17 +83,26 @@ def untrained_bundle(task: str, folder: Path) -> Path:
 
 def time_pair(eager, onnx, images: list[np.ndarray], repeats: int) -> tuple[float, float, float]:
     """Median images/s of each backend and median ONNX/eager ratio over `repeats` pairs of
-    passes, after one warm-up pass of each. The order within a pair alternates so that
-    neither backend is always the one timed second (a load that builds up or fades across
-    a pair would otherwise favour one side every time)."""
+    passes, after one warm-up pass of each (see `interleaved`)."""
     for predictor in (eager, onnx):
         for image in images:
             predictor.predict(image)
+    backends = {"eager": eager, "onnx": onnx}
+    return interleaved(
+        {name: (lambda p=p: time_pass(p, images)) for name, p in backends.items()}, repeats
+    )
+
+
+def interleaved(passes: dict[str, Callable[[], float]], repeats: int) -> tuple[float, ...]:
+    """Run `repeats` pairs of timed passes (each returns images/s): median rate of eager and
+    ONNX and median per-pair ratio. The order within a pair alternates so that neither
+    backend is always the one timed second (a load that builds up or fades across a pair
+    would otherwise favour one side every time)."""
     rates: dict[str, list[float]] = {"eager": [], "onnx": []}
     for repeat in range(repeats):
-        order = [("eager", eager), ("onnx", onnx)]
-        for name, predictor in order if repeat % 2 == 0 else order[::-1]:
-            rates[name].append(time_pass(predictor, images))
+        order = ["eager", "onnx"] if repeat % 2 == 0 else ["onnx", "eager"]
+        for name in order:
+            rates[name].append(passes[name]())
     ratios = [o / e for o, e in zip(rates["onnx"], rates["eager"], strict=True)]
     median = statistics.median
     return median(rates["eager"]), median(rates["onnx"]), median(ratios)
@@ -154,17 +164,10 @@ def time_isolated(path: str, threads: int, count: int, repeats: int) -> tuple[fl
     """Like `time_pair`, each backend in its own process (both warm before the first pair)."""
     workers = {b: Worker(path, b, threads, count) for b in ("eager", "onnx")}
     try:
-        rates: dict[str, list[float]] = {"eager": [], "onnx": []}
-        for repeat in range(repeats):
-            order = ["eager", "onnx"] if repeat % 2 == 0 else ["onnx", "eager"]
-            for name in order:
-                rates[name].append(workers[name].predict_pass())
+        return interleaved({name: w.predict_pass for name, w in workers.items()}, repeats)
     finally:
         for worker in workers.values():
             worker.close()
-    ratios = [o / e for o, e in zip(rates["onnx"], rates["eager"], strict=True)]
-    median = statistics.median
-    return median(rates["eager"]), median(rates["onnx"]), median(ratios)
 
 
 def disagreement(task: str, eager, onnx, images: list[np.ndarray]) -> str:

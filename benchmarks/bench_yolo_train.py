@@ -274,17 +274,16 @@ def main() -> None:
     )
     for seed, results in zip(args.seeds, per_seed, strict=True):
         print_rows(f"\nseed {seed}", results)
+    summary = {"seeds": args.seeds, "per_seed": per_seed, "seconds": all_times}
     if len(per_seed) > 1:
-        print_rows(f"\nmean of {len(per_seed)} seeds", mean_results(per_seed))
+        summary["mean"] = mean_results(per_seed)
+        print_rows(f"\nmean of {len(per_seed)} seeds", summary["mean"])
         for side in SIDES:
             values = " ".join(f"{r[side]['ours']['mAP50']:.3f}" for r in per_seed)
             print(f"test mAP50 per seed, {side}: {values}")
     for seed, times in all_times.items():
         for side, seconds in times.items():
             print(f"training wall time, seed {seed}, {side}: {seconds:.0f} s")
-    summary = {"seeds": args.seeds, "per_seed": per_seed, "seconds": all_times}
-    if len(per_seed) > 1:
-        summary["mean"] = mean_results(per_seed)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
