@@ -18,6 +18,11 @@ Then both models are scored on the test split three ways, printed side by side:
 3. Ultralytics' own validator on each model (its letterbox with rect batches, its NMS).
 Rows 1-2 differ only by the metric; rows 2-3 only by pre/post-processing.
 
+`--their-data` trains our side on Ultralytics' own augmented training dataset (its mosaic,
+random_perspective, HSV; batches converted to ours, close-mosaic at the same epoch) with
+everything else ours: when the two trainers differ, this tells the data pipeline's share
+from the optimisation's.
+
 One short CPU run is a noisy draw (weight init, augmentation, which frames the best epoch
 fits), so `--seeds 1 2 3` trains both sides once per seed on the same frames and prints each
 seed's rows and their mean. The generated default's test split can be enlarged
@@ -74,6 +79,76 @@ def config(data: Path, out: Path, args: argparse.Namespace, seed: int) -> object
     overrides += [f"{key}={value}" for key, value in given.items() if value is not None]
     with initialize_config_dir(config_dir=str(REPO / "defects" / "configs"), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
+
+
+class ReferenceBatches:
+    """Ultralytics' training loader, its batches turned into ours (images in 0..1, xyxy pixel
+    boxes, 1-based labels); mosaic and mixup close for the last `close` epochs as theirs do.
+    Each `iter()` is one epoch (Lightning asks once per epoch)."""
+
+    def __init__(self, dataset: object, hyp: object, batch: int, epochs: int, close: int):
+        from torch.utils.data import DataLoader
+
+        self.dataset, self.hyp = dataset, hyp
+        self.loader = DataLoader(
+            dataset, batch_size=batch, shuffle=True, num_workers=0, collate_fn=dataset.collate_fn
+        )
+        self.epoch, self.closed_at = 0, epochs - close
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        if self.epoch == self.closed_at:
+            self.dataset.close_mosaic(self.hyp)
+        self.epoch += 1
+        for batch in self.loader:
+            images = batch["img"].float() / 255
+            size = torch.tensor(images.shape[-2:][::-1], dtype=torch.float32).repeat(2)
+            xywh = batch["bboxes"] * size
+            xyxy = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
+            targets = [
+                {
+                    "boxes": xyxy[batch["batch_idx"] == i],
+                    "labels": batch["cls"][batch["batch_idx"] == i].view(-1).long() + 1,
+                }
+                for i in range(len(images))
+            ]
+            yield list(images), targets
+
+
+def reference_data_module(reference_yaml: str, reference_hyp: dict, **kwargs):
+    """Our DataModule (valid/test as always) whose train split is Ultralytics' own dataset:
+    our LightningModule trained on their data pipeline, which separates data from
+    optimisation when the two trainers differ (`--their-data`)."""
+    from defects.data.detection import DetectionDataModule
+
+    class ReferenceTrainData(DetectionDataModule):
+        def train_dataloader(self):
+            hyp = dict(reference_hyp)
+            epochs, close = hyp.pop("epochs"), hyp.pop("close_mosaic")
+            dataset, ns = adapter.reference_train_dataset(reference_yaml, **hyp)
+            return ReferenceBatches(dataset, ns, self.batch_size, epochs, close)
+
+    return ReferenceTrainData(**kwargs)
+
+
+def reference_hyp(cfg: object) -> dict:
+    """Their augmentation settings for our task's recipe (as `train_theirs` passes them)."""
+    return {
+        "imgsz": cfg.model.imgsz,
+        "batch": cfg.data.batch_size,
+        "epochs": cfg.trainer.max_epochs,
+        "close_mosaic": cfg.callbacks.close_mosaic.epochs,
+        "mosaic": 1.0,
+        "mixup": cfg.data.mixup,
+        "fliplr": 0.5,
+        "scale": 0.5,
+        "translate": 0.1,
+        "hsv_h": 0.015,
+        "hsv_s": 0.7,
+        "hsv_v": 0.4,
+    }
 
 
 def ultralytics_data_yaml(data: Path, class_names: list[str], out: Path) -> Path:
@@ -190,6 +265,17 @@ def run_seed(data: Path, data_yaml: Path, out: Path, args: argparse.Namespace, s
         from defects.train import train
 
         start = time.perf_counter()
+        if args.their_data:
+            from omegaconf import open_dict
+
+            data_cfg = {k: v for k, v in cfg.data.items() if k != "_target_"}
+            with open_dict(cfg):
+                cfg.data = {
+                    "_target_": f"{__name__}.reference_data_module",
+                    "reference_yaml": str(data_yaml),
+                    "reference_hyp": reference_hyp(cfg),
+                    **data_cfg,
+                }
         train(cfg)
         times[SIDES[0]] = time.perf_counter() - start
     if not args.skip_train and not theirs_bundle.exists():
@@ -249,6 +335,11 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=None, help="test videos (generated data)")
     parser.add_argument(
         "--override", action="append", default=[], help="a Hydra override for our side"
+    )
+    parser.add_argument(
+        "--their-data",
+        action="store_true",
+        help="our side trains on Ultralytics' own augmented training dataset (diagnostic)",
     )
     parser.add_argument("--skip-train", action="store_true", help="score existing runs")
     args = parser.parse_args()

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -70,7 +71,7 @@ def test_flip_moves_boxes_with_pixels(weld_root: Path) -> None:
 
 
 def test_canvas_mosaic_zoomed_out_shows_all_four_images_with_their_boxes() -> None:
-    """Mosaic on the 2x canvas, then scale 0.5 and the centre crop: the four images' central
+    """A 2x2 mosaic on the 2x canvas, then scale 0.5 and the centre crop: the four images' central
     boxes all land in the crop, one per quadrant, each with its own label (cropping before
     the affine step would show one quarter of the canvas shrunk inside a grey border)."""
     import albumentations as A
@@ -85,7 +86,7 @@ def test_canvas_mosaic_zoomed_out_shows_all_four_images_with_their_boxes() -> No
 
     transform = build_transform(
         [
-            canvas_mosaic(size),
+            canvas_mosaic(size, grid=2),
             A.Affine(scale=0.5, fill=114, p=1.0),
             A.CenterCrop(size, size),
         ],
@@ -107,6 +108,55 @@ def test_canvas_mosaic_zoomed_out_shows_all_four_images_with_their_boxes() -> No
     quadrants = {(int(x >= size / 2), int(y >= size / 2)) for x, y in centres}
     assert quadrants == {(0, 0), (0, 1), (1, 0), (1, 1)}
     assert np.allclose(boxes[:, 2:] - boxes[:, :2], 8.0, atol=0.5)  # 16 px boxes at scale 0.5
+
+
+def test_canvas_mosaic_junction_lands_anywhere_in_the_centre_view() -> None:
+    """The default 3x3 grid: the centre view at scale 1 shows four images meeting at one
+    point, uniformly placed over the view (Ultralytics' mosaic centre rule), and each box
+    keeps its own image's label; grid=2 always meets at the centre."""
+    import albumentations as A
+
+    from defects.data.transforms import build_transform, canvas_mosaic
+
+    size = 64
+
+    def item(label: int) -> dict:
+        image = np.full((size, size, 3), 20 * (label + 1), np.uint8)
+        return {"image": image, "bboxes": np.array([[8.0, 8.0, 56.0, 56.0]]), "labels": [label]}
+
+    def junctions(grid: int, draws: int) -> list[tuple[int, int]]:
+        transform = build_transform(
+            [canvas_mosaic(size, grid=grid), A.CenterCrop(size, size)],
+            bbox=True,
+            seed=0,
+            min_visibility=0.0,
+        )
+        found = []
+        for _ in range(draws):
+            first = item(0)
+            out = transform(
+                image=first["image"],
+                bboxes=first["bboxes"],
+                labels=first["labels"],
+                mosaic_metadata=[item(k) for k in range(1, grid * grid)],
+            )
+            view = out["image"][..., 0].astype(int)
+            assert len(np.unique(view)) <= 4  # one junction of at most four images
+            cols = np.flatnonzero(np.diff(view[size // 2]) != 0)
+            rows = np.flatnonzero(np.diff(view[:, size // 2]) != 0)
+            x = int(cols[0]) + 1 if len(cols) else 0
+            y = int(rows[0]) + 1 if len(rows) else 0
+            found.append((x, y))
+            for box, label in zip(out["bboxes"], out["labels"], strict=True):
+                x1, y1, x2, y2 = (int(round(v)) for v in box)
+                assert np.all(view[y1:y2, x1:x2] == 20 * (label + 1))
+        return found
+
+    spread = np.array(junctions(3, 40))
+    assert spread.min(0).max() < size / 4 and spread.max(0).min() > 3 * size / 4
+    assert set(junctions(2, 5)) == {(size // 2, size // 2)}
+    with pytest.raises(ValueError, match="grid must be 2 or 3"):
+        canvas_mosaic(size, grid=4)
 
 
 def test_box_filter_keeps_or_drops_boxes_a_crop_cuts() -> None:

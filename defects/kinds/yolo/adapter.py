@@ -164,6 +164,21 @@ def train_reference(data_yaml: str, spec_name: str, project: str, **overrides: A
     return Path(model.trainer.best)
 
 
+def reference_train_dataset(data_yaml: str, **overrides: Any) -> tuple[Any, Any]:
+    """Ultralytics' own augmented training dataset of `data_yaml`'s train split (its mosaic,
+    random_perspective, HSV, flips, mixup) and the hyperparameter namespace it was built with
+    (its `close_mosaic(hyp)` needs it). For the benchmark that trains our module on their data.
+    """
+    ultralytics()
+    hyp = importlib.import_module("ultralytics.cfg").get_cfg(overrides=overrides)
+    data = importlib.import_module("ultralytics.data.utils").check_det_dataset(
+        data_yaml, autodownload=False
+    )
+    build = importlib.import_module("ultralytics.data.build")
+    dataset = build.build_yolo_dataset(hyp, data["train"], hyp.batch, data, mode="train")
+    return dataset, hyp
+
+
 def reference_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     """The EMA weights of an Ultralytics checkpoint (a pickled model: their format, so
     `weights_only=False`; only for checkpoints this benchmark wrote), in float32."""
