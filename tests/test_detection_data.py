@@ -158,6 +158,22 @@ def test_canvas_mosaic_junction_lands_anywhere_in_the_centre_view() -> None:
     with pytest.raises(ValueError, match="grid must be 2 or 3"):
         canvas_mosaic(size, grid=4)
 
+    # 4:3 frames in cells of their own aspect meet edge to edge: no fill in the centre view;
+    # in square cells the letterbox bands show (fill 114).
+    def grey_share(aspect: float | None) -> float:
+        transform = build_transform(
+            [canvas_mosaic(size, aspect=aspect), A.CenterCrop(size, size)], bbox=False, seed=1
+        )
+        frames = [np.full((48, size, 3), 20 * (k + 1), np.uint8) for k in range(9)]
+        shares = []
+        for _ in range(10):
+            meta = [{"image": f} for f in frames[1:]]
+            view = transform(image=frames[0], mosaic_metadata=meta)["image"]
+            shares.append(float(np.mean(view[..., 0] == 114)))
+        return float(np.mean(shares))
+
+    assert grey_share(0.75) == 0.0 and grey_share(None) > 0.1
+
 
 def test_box_filter_keeps_or_drops_boxes_a_crop_cuts() -> None:
     """A crop leaving 20 % of a box: dropped at min_visibility 0.3, kept at 0.1; a sliver

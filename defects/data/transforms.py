@@ -55,7 +55,7 @@ def canvas_mosaic(
     fill: float = 114,
     p: float = 1.0,
     grid: int = 3,
-    cell: Sequence[int] | None = None,
+    aspect: float | None = None,
 ) -> A.Mosaic:
     """An albumentations `Mosaic` of `size` cells on a 2·size canvas, for an affine step and a
     `size` centre crop after it.
@@ -72,17 +72,25 @@ def canvas_mosaic(
     whole frame's context is seen only after close-mosaic (measured: a winding test mAP50 of
     0.17 against 0.36 for the same module on Ultralytics' own mosaic; benchmarks/README.md).
 
-    `cell` (height, width), default `size` square: the shape each image is fitted into. Set
-    it to the frames' own letterboxed shape (320x240 frames at size 320: [240, 320]) and
-    feed the frames unpadded, so that images meet edge to edge as in Ultralytics' mosaic
-    instead of through the letterbox's grey bands (a quarter of every 4:3 cell).
+    `aspect` (the frames' height / width; null: square cells): each image is fitted into a
+    cell of that shape, `size` on its long side. Set it to the frames' own (4:3 video: 0.75)
+    and feed them unpadded, so that they meet edge to edge as in Ultralytics' mosaic instead
+    of through the letterbox's grey bands (a quarter of every 4:3 square cell).
     """
     if grid not in (2, 3):
         raise ValueError(f"canvas_mosaic: grid must be 2 or 3, got {grid}")
+    if aspect is not None and aspect <= 0:
+        raise ValueError(f"canvas_mosaic: aspect must be > 0 (height / width), got {aspect}")
+    if aspect is None:
+        cell = (size, size)
+    elif aspect <= 1:
+        cell = (round(size * aspect), size)
+    else:
+        cell = (size, round(size / aspect))
     return A.Mosaic(
         grid_yx=(grid, grid),
         target_size=(2 * size, 2 * size),
-        cell_shape=tuple(cell) if cell else (size, size),
+        cell_shape=cell,
         center_range=(0.0, 1.0),
         fit_mode="contain",
         fill=fill,
