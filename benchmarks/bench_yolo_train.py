@@ -107,12 +107,10 @@ class ReferenceBatches:
             size = torch.tensor(images.shape[-2:][::-1], dtype=torch.float32).repeat(2)
             xywh = batch["bboxes"] * size
             xyxy = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
+            owner = [batch["batch_idx"] == i for i in range(len(images))]
             targets = [
-                {
-                    "boxes": xyxy[batch["batch_idx"] == i],
-                    "labels": batch["cls"][batch["batch_idx"] == i].view(-1).long() + 1,
-                }
-                for i in range(len(images))
+                {"boxes": xyxy[mine], "labels": batch["cls"][mine].view(-1).long() + 1}
+                for mine in owner
             ]
             yield list(images), targets
 
@@ -133,12 +131,10 @@ def reference_data_module(reference_yaml: str, reference_hyp: dict, **kwargs):
     return ReferenceTrainData(**kwargs)
 
 
-def reference_hyp(cfg: object) -> dict:
-    """Their augmentation settings for our task's recipe (as `train_theirs` passes them)."""
+def their_augmentation(cfg: object) -> dict:
+    """Ultralytics' augmentation settings for our task's recipe: what its trainer gets
+    (`train_theirs`) and what its dataset is built with (`--their-data`)."""
     return {
-        "imgsz": cfg.model.imgsz,
-        "batch": cfg.data.batch_size,
-        "epochs": cfg.trainer.max_epochs,
         "close_mosaic": cfg.callbacks.close_mosaic.epochs,
         "mosaic": 1.0,
         "mixup": cfg.data.mixup,
@@ -148,6 +144,16 @@ def reference_hyp(cfg: object) -> dict:
         "hsv_h": 0.015,
         "hsv_s": 0.7,
         "hsv_v": 0.4,
+    }
+
+
+def reference_hyp(cfg: object) -> dict:
+    """Their dataset's settings for `--their-data`: the augmentation plus size and schedule."""
+    return {
+        "imgsz": cfg.model.imgsz,
+        "batch": cfg.data.batch_size,
+        "epochs": cfg.trainer.max_epochs,
+        **their_augmentation(cfg),
     }
 
 
@@ -186,15 +192,7 @@ def train_theirs(data_yaml: Path, out: Path, args: argparse.Namespace, cfg: obje
         warmup_epochs=warmup.warmup_epochs,
         warmup_momentum=warmup.warmup_momentum,
         warmup_bias_lr=warmup.warmup_bias_lr,
-        close_mosaic=cfg.callbacks.close_mosaic.epochs,
-        mosaic=1.0,
-        mixup=cfg.data.mixup,
-        fliplr=0.5,
-        scale=0.5,
-        translate=0.1,
-        hsv_h=0.015,
-        hsv_s=0.7,
-        hsv_v=0.4,
+        **their_augmentation(cfg),
         device="cpu",
         workers=0,
         seed=int(cfg.seed),
