@@ -10,9 +10,16 @@ import numpy as np
 import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import boxes as box_ops
 
 from defects.kinds.fasterrcnn.net import Detector
-from defects.kinds.fasterrcnn.onnx import OnnxDetector, _PoolThenHead, export_detector
+from defects.kinds.fasterrcnn.onnx import (
+    OnnxDetector,
+    _batched_nms_first,
+    _PoolThenHead,
+    export_detector,
+    traceable_copy,
+)
 
 # The weld config at the test size; every proposal scored (box_score_thresh 0) so a random
 # network yields a full list of detections to compare.
@@ -122,6 +129,8 @@ def test_export_leaves_the_detector_alone(exported) -> None:
     # The traceable resize and RoI pooling are patched into the exported copy only.
     heads = detector.model.roi_heads
     assert "resize" not in vars(detector.model.transform)
+    assert "forward" not in vars(detector.model.rpn)
+    assert detector.model.transform.image_mean == TINY["image_mean"]
     assert type(heads.box_roi_pool) is MultiScaleRoIAlign
     assert not isinstance(heads.box_head, torch.nn.Identity)
 
@@ -141,6 +150,81 @@ def test_onnx_matches_eager_at_any_size(exported) -> None:
         assert_same_detections(e, o)
         height, width = image.shape[-2:]
         assert float(o["boxes"][:, 2].max()) <= width and float(o["boxes"][:, 3].max()) <= height
+
+
+def test_swaps_give_torchvisions_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run eagerly, the exported copy's RPN (pick the top logits, then build and decode only
+    their anchors; NMS that stops at post_nms_top_n) gives torchvision's own proposals bit
+    for bit, and its one-channel transform the three-channel one's pixels. Both RPNs NMS by
+    torchvision's traced rule: on the CPU eager torchvision loops over levels for large sets,
+    whose IoUs of unshifted boxes may round differently at the threshold (the ONNX parity
+    test covers that pairing). The traceable resize itself is ATen's to 1 ulp."""
+    monkeypatch.setattr(box_ops, "_batched_nms_vanilla", box_ops._batched_nms_coordinate_trick)
+    detector = make_detector()
+    model = detector.model
+    swapped, three = traceable_copy(detector, channels=1), traceable_copy(detector, channels=3)
+    assert swapped.gray and not three.gray
+    generator = torch.Generator().manual_seed(3)
+    with torch.inference_mode():
+        for height, width in SIZES:
+            image = scene(height, width, generator)
+            images, _ = model.transform(detector.to_rgb([image]))
+            mine, _ = swapped.detector.model.transform([image])
+            rgb, _ = three.detector.model.transform(detector.to_rgb([image]))
+            assert torch.equal(mine.tensors, rgb.tensors), (height, width)
+            assert mine.image_sizes == images.image_sizes
+            torch.testing.assert_close(mine.tensors, images.tensors, rtol=0, atol=3e-7)
+            features = model.backbone(images.tensors)
+            (expected,), _ = model.rpn(images, features)
+            (proposals,), _ = swapped.detector.model.rpn(images, features)
+            assert len(expected) == model.rpn.post_nms_top_n(), (height, width)
+            assert torch.equal(proposals, expected), (height, width)
+
+
+def test_nms_that_stops_equals_torchvision_cut(tmp_path: Path) -> None:
+    """`_batched_nms_first` in ONNX Runtime keeps the same boxes, in the same order, as
+    torchvision's batched NMS cut to `count`: below and above the number NMS keeps, and on
+    an empty set."""
+    generator = torch.Generator().manual_seed(4)
+    corner = torch.rand(400, 2, generator=generator) * 60
+    boxes = torch.cat([corner, corner + 4 + torch.rand(400, 2, generator=generator) * 30], 1)
+    scores = torch.rand(400, generator=generator)
+    groups = torch.randint(0, 3, (400,), generator=generator)
+    kept = len(box_ops.batched_nms(boxes, scores, groups, 0.5))
+    assert 20 < kept < 400
+
+    class Cut(torch.nn.Module):
+        def __init__(self, count: int):
+            super().__init__()
+            self.count = count
+
+        def forward(self, b: torch.Tensor, s: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+            return _batched_nms_first(b, s, g, 0.5, self.count)
+
+    import onnxruntime as ort
+
+    for count in (20, 500):
+        path = tmp_path / f"nms{count}.onnx"
+        names = ["boxes", "scores", "groups"]
+        torch.onnx.export(
+            Cut(count),
+            (boxes, scores, groups),
+            path,
+            input_names=names,
+            dynamic_axes={name: {0: "n"} for name in names},
+            opset_version=17,
+            dynamo=False,
+        )
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        expected = box_ops.batched_nms(boxes, scores, groups, 0.5)[:count]
+        assert torch.equal(Cut(count)(boxes, scores, groups), expected)
+        for b, s, g, want in (
+            (boxes, scores, groups, expected),
+            (boxes[:0], scores[:0], groups[:0], expected[:0]),
+        ):
+            feeds = dict(zip(names, (b.numpy(), s.numpy(), g.numpy()), strict=True))
+            (got,) = session.run(None, feeds)
+            np.testing.assert_array_equal(got, want.numpy())
 
 
 class _PoolGraph(torch.nn.Module):
