@@ -152,6 +152,28 @@ def test_onnx_matches_eager_at_any_size(exported) -> None:
         assert float(o["boxes"][:, 2].max()) <= width and float(o["boxes"][:, 3].max()) <= height
 
 
+def test_rgb_export_matches_eager(tmp_path: Path) -> None:
+    """A three-channel export keeps torchvision's order (normalise and resize every plane)
+    and still gives the eager detections. The planes differ a little: the random network's
+    BatchNorm statistics come from gray scenes, and far-off colours (a flipped plane, say)
+    blow its activations up until float32 rounding moves boxes by ~1e-2 px, before and
+    after this module's swaps alike."""
+    detector = make_detector()
+    onnx_detector = OnnxDetector(export_detector(detector, tmp_path / "rgb.onnx", channels=3))
+    assert onnx_detector.channels == 3
+    generator = torch.Generator().manual_seed(5)
+    for height, width in SIZES[:2]:
+        gray = scene(height, width, generator)
+        image = torch.cat(
+            [gray, (gray * 0.95 + 0.03).clamp(0, 1), (gray * 1.05 - 0.03).clamp(0, 1)]
+        )
+        with torch.inference_mode():
+            (eager,) = detector([image])
+        (onnx,) = onnx_detector([image])
+        assert len(eager["scores"]) >= 50
+        assert_same_detections(eager, onnx)
+
+
 def test_swaps_give_torchvisions_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run eagerly, the exported copy's RPN (pick the top logits, then build and decode only
     their anchors; NMS that stops at post_nms_top_n) gives torchvision's own proposals bit
