@@ -3,9 +3,12 @@
 The graph takes one image [C,H,W] (floats in 0..1, any H and W) and returns boxes [N,4] in
 that image's pixels, torchvision's 1-based labels [N] (int64) and scores [N]: torchvision's
 resize, normalisation, NMS and box rescaling are all inside, traced the way torchvision's own
-ONNX tests export Faster R-CNN (TorchScript exporter, opset >= 11). Two pieces of the traced
-copy are swapped for equivalents: the resize, whose traced form loses a row at some sizes,
-and the RoI-pooling merge, whose traced form is a third of the run time.
+ONNX tests export Faster R-CNN (TorchScript exporter, opset >= 11). Pieces of the traced copy
+(`traceable_copy`) are swapped for equivalents: the resize, whose traced form loses a row at
+some sizes; the RoI-pooling merge, whose traced form is a third of the run time; the RPN's
+proposal step, which here decodes only the anchors it keeps and stops its NMS once it has
+`post_nms_top_n` boxes (the same proposals); and, for one-channel images with one mean and
+std, normalise and resize on one plane before it is repeated (the same pixels).
 
 `OnnxDetector` wraps a session so that callers can swap it for an eval-mode `Detector`. It
 runs one image at a time, as the graph does: that equals `Detector` called per image. An
