@@ -169,16 +169,14 @@ def _resize_then_rgb(
     return image.expand(3, -1, -1), target
 
 
-def _one_channel_transform(detector: Detector, channels: int) -> bool:
-    """Make the traced copy normalise and resize one plane where that is exact (see
-    `_resize_then_rgb`); returns whether it did."""
-    transform = detector.model.transform
+def _one_channel_transform(transform: GeneralizedRCNNTransform, channels: int) -> bool:
+    """Give the traced copy's transform one mean and one std where normalising and resizing
+    one plane is exact (see `_resize_then_rgb`); returns whether it did."""
     uniform = all(len(set(map(float, v))) == 1 for v in (transform.image_mean, transform.image_std))
     if channels != 1 or not uniform:
         return False
     transform.image_mean = list(transform.image_mean[:1])
     transform.image_std = list(transform.image_std[:1])
-    transform.resize = types.MethodType(_resize_then_rgb, transform)
     return True
 
 
@@ -311,8 +309,8 @@ def traceable_copy(detector: Detector, channels: int) -> _SingleImage:
     one-image interface that is traced; `detector` itself is left as it was."""
     detector = copy.deepcopy(detector).cpu().eval()
     transform = detector.model.transform
-    transform.resize = types.MethodType(_exact_resize, transform)
-    gray = _one_channel_transform(detector, channels)
+    gray = _one_channel_transform(transform, channels)
+    transform.resize = types.MethodType(_resize_then_rgb if gray else _exact_resize, transform)
     rpn = detector.model.rpn
     rpn.forward = types.MethodType(_select_then_decode, rpn)
     heads = detector.model.roi_heads
