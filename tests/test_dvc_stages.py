@@ -2,7 +2,8 @@
 command composes as a Hydra config for its task, and each stage depends on what it reads and
 no more (never serve.py, the CLI, a README or another task's model kind).
 
-No DVC and no training: dvc.yaml is read as YAML and its `${...}` resolved from params.yaml.
+No training: dvc.yaml is read as YAML and its `${...}` resolved from params.yaml; only the
+dvc.lock check asks DVC itself which stage names dvc.yaml declares.
 """
 
 from __future__ import annotations
@@ -341,3 +342,20 @@ def test_every_stage_but_prepare_reads_an_upstream_output(name: str) -> None:
     }
     deps = paths_of(STAGES[name]["deps"])
     assert any(dep in upstream for dep in deps), f"{name}: depends on no output of its task"
+
+
+def test_lock_holds_only_declared_stages() -> None:
+    """Every stage dvc.lock records is one dvc.yaml declares: DVC silently keeps the entries of
+    a renamed or dropped stage (`prepare@weld` outlived its `foreach`), which then describe
+    files that no longer exist. DVC expands the names (`foreach`/`matrix` give `name@key`),
+    as `dvc stage list` does. A declared stage without an entry is fine: it has not run."""
+    from dvc.dvcfile import load_file
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        pipeline = load_file(repo, str(ROOT / "dvc.yaml"))
+        declared = set(pipeline.stages)
+        locked = set(pipeline.lockfile_contents.get("stages", {}))
+    assert locked, "dvc.lock: no stage entries read (is it at the repository root?)"
+    stale = sorted(locked - declared)
+    assert not stale, f"dvc.lock holds stages dvc.yaml does not declare: {stale}"
