@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import logging
 import pickle
+import re
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,7 @@ from defects.formats import (
     write_class_names,
     write_yolo_labels,
 )
+from defects.formats.yolo import NumberedBox, read_numbered_labels
 
 GOOD = "1 0.5 0.5 0.2 0.2"
 
@@ -71,12 +75,21 @@ def test_write_refuses_box_reader_would_reject(tmp_path: Path) -> None:
     assert not (tmp_path / "x.txt").exists()
 
 
-@pytest.mark.parametrize("name", sorted(BAD_LINES))
-def test_bad_line_strict_names_file_and_line(tmp_path: Path, name: str) -> None:
+def _bad_file(tmp_path: Path, name: str) -> Path:
+    """A label file with the bad line `name` on line 3, between good lines and a blank one."""
     path = tmp_path / f"{name}.txt"
     path.write_text(f"{GOOD}\n\n{BAD_LINES[name]}\n{GOOD}\n")
+    return path
+
+
+@pytest.mark.parametrize("reader", [read_yolo_labels, read_numbered_labels])
+@pytest.mark.parametrize("name", sorted(BAD_LINES))
+def test_bad_line_strict_names_file_and_line(
+    tmp_path: Path, name: str, reader: Callable[..., list]
+) -> None:
+    path = _bad_file(tmp_path, name)
     with pytest.raises(FormatError) as info:
-        read_yolo_labels(path, num_classes=3)
+        reader(path, num_classes=3)
     err = info.value
     assert f"{name}.txt" in str(err)
     assert ":3:" in str(err)
@@ -257,6 +270,43 @@ def test_handle() -> None:
     handle(err, strict=False, report=report)
     handle(err, strict=False, report=None)
     assert report.items == [err]
+
+
+GEOMETRY_ONLY = {"negative_width", "zero_height", "coord_gt_1", "spills_out"}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_LINES))
+def test_numbered_reader_can_leave_geometry_to_the_caller(tmp_path: Path, name: str) -> None:
+    """check_geometry=False: syntax errors still raise; bad geometry comes back as written."""
+    path = _bad_file(tmp_path, name)
+    if name not in GEOMETRY_ONLY:
+        with pytest.raises(ValueError) as plain:
+            parse_yolo_line(BAD_LINES[name], num_classes=3)
+        with pytest.raises(FormatError, match=re.escape(str(plain.value))) as err:
+            read_numbered_labels(path, num_classes=3, check_geometry=False)
+        assert err.value.line == 3
+        return
+    boxes = read_numbered_labels(path, num_classes=3, check_geometry=False)
+    assert [b.line for b in boxes] == [1, 3, 4]
+    as_written = [float(t) for t in BAD_LINES[name].split()]
+    assert [boxes[1].class_id, boxes[1].cx, boxes[1].cy, boxes[1].w, boxes[1].h] == as_written
+
+
+def test_numbered_boxes_are_the_plain_boxes_with_their_lines(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.txt"
+    path.write_text(f"{GOOD}\n1 2 3\n\n{OVERSHOOT_LINES[1]}\n")
+    report = SkipReport()
+    boxes = read_numbered_labels(path, num_classes=3, strict=False, report=report)
+    plain = read_yolo_labels(path, num_classes=3, strict=False)
+    assert [b.line for b in boxes] == [1, 4]
+    assert [YoloBox(b.class_id, b.cx, b.cy, b.w, b.h) for b in boxes] == plain  # clipped too
+    assert [e.line for e in report.items] == [2] and report.clipped == [(str(path), 1)]
+    assert isinstance(boxes[0], YoloBox) and boxes[0] != plain[0]  # the line is part of it
+    assert boxes[0].to_line() == plain[0].to_line() and replace(boxes[1], class_id=0).line == 4
+    raw = SkipReport()
+    unjudged = read_numbered_labels(path, 3, strict=False, report=raw, check_geometry=False)
+    assert unjudged[1] == NumberedBox(1, 0.9502, 0.5, 0.1, 0.1, line=4)  # not clipped
+    assert raw.clipped == [] and [e.line for e in raw.items] == [2]
 
 
 def test_class_names_round_trip(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ from defects.formats.io import atomic_write_text
 
 __all__ = [
     "CLIP_TOLERANCE",
+    "NumberedBox",
     "YoloBox",
     "parse_yolo_line",
+    "read_numbered_labels",
     "read_yolo_labels",
     "write_yolo_labels",
     "read_class_names",
@@ -102,6 +105,18 @@ class YoloBox:
         return f"{self.class_id} {self.cx:.6f} {self.cy:.6f} {self.w:.6f} {self.h:.6f}"
 
 
+@dataclass(frozen=True)
+class NumberedBox(YoloBox):
+    """A box as read from a label file and its 1-based line there.
+
+    Tools that judge boxes (a cleaner, a linter) must point at the line they judged; the line
+    travels with the box so a rule never has to carry it alongside. Never equal to a plain
+    YoloBox (dataclass equality compares classes too).
+    """
+
+    line: int
+
+
 def _parse_class_id(token: str, num_classes: int | None) -> int:
     """Accept '3' and the unambiguous '3.0'; reject '1.5', negatives and out-of-range ids."""
     try:
@@ -123,10 +138,13 @@ def _parse_class_id(token: str, num_classes: int | None) -> int:
     return class_id
 
 
-def _parse(text: str, num_classes: int | None, tolerance: float) -> tuple[YoloBox, float]:
-    """The box of one line, clipped to [0, 1], and how far it overshot (0.0 if it fitted).
+def _parse_fields(
+    text: str, num_classes: int | None, tolerance: float | None
+) -> tuple[int, float, float, float, float]:
+    """Class id and cx, cy, w, h of one line; ValueError at the first bad field.
 
-    An overshoot of at most `tolerance` (normalised) is clipped; more is a ValueError.
+    Each number must lie in [-tolerance, 1 + tolerance]; `tolerance=None` checks syntax only
+    (five fields, a valid class id, finite numbers) and leaves geometry to the caller.
     """
     tokens = text.split()
     if len(tokens) != 5:
@@ -140,10 +158,19 @@ def _parse(text: str, num_classes: int | None, tolerance: float) -> tuple[YoloBo
             raise ValueError(f"{name} is not a number: {token!r}") from None
         if not math.isfinite(value):
             raise ValueError(f"{name} is not finite: {token!r}")
-        if not -tolerance <= value <= 1.0 + tolerance:
+        if tolerance is not None and not -tolerance <= value <= 1.0 + tolerance:
             raise ValueError(f"{name}={value:g} is outside [0, 1]")
         values.append(value)
     cx, cy, w, h = values
+    return class_id, cx, cy, w, h
+
+
+def _parse(text: str, num_classes: int | None, tolerance: float) -> tuple[YoloBox, float]:
+    """The box of one line, clipped to [0, 1], and how far it overshot (0.0 if it fitted).
+
+    An overshoot of at most `tolerance` (normalised) is clipped; more is a ValueError.
+    """
+    class_id, cx, cy, w, h = _parse_fields(text, num_classes, tolerance)
     if w <= 0:
         raise ValueError(f"w must be > 0, got {w:g}")
     if h <= 0:
@@ -192,6 +219,52 @@ def _read_utf8(path: Path) -> str:
         ) from None
 
 
+def _parse_unjudged(text: str, num_classes: int | None) -> tuple[YoloBox, float]:
+    """The box of one line as written (syntax checked, geometry not), never clipped."""
+    return YoloBox(*_parse_fields(text, num_classes, None)), 0.0
+
+
+def _read_lines(
+    path: str | os.PathLike[str],
+    num_classes: int | None,
+    strict: bool,
+    report: SkipReport | None,
+    check_geometry: bool,
+) -> list[tuple[int, YoloBox]]:
+    """(1-based line, box) of every good line; the shared body of the two public readers."""
+    label_path = Path(path)
+    try:
+        text = _read_utf8(label_path)
+    except FileNotFoundError:
+        return []
+    except FormatError as err:
+        handle(err, strict, report)
+        return []
+    parse = partial(_parse, tolerance=CLIP_TOLERANCE) if check_geometry else _parse_unjudged
+    boxes: list[tuple[int, YoloBox]] = []
+    clipped: list[int] = []
+    worst = 0.0
+    # Split on "\n" only (not str.splitlines) so line numbers match what editors show.
+    for lineno, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            box, overshoot = parse(line, num_classes)
+        except ValueError as exc:
+            handle(FormatError(label_path, str(exc), line=lineno), strict, report)
+            continue
+        boxes.append((lineno, box))
+        if overshoot:
+            clipped.append(lineno)
+            worst = max(worst, overshoot)
+    if clipped:
+        shown = ", ".join(map(str, clipped[:5])) + (", ..." if len(clipped) > 5 else "")
+        detail = f"overshoot up to {worst:.2g} (normalised), line(s) {shown}"
+        note_clipped(label_path, len(clipped), detail, report)
+    return boxes
+
+
 def read_yolo_labels(
     path: str | os.PathLike[str],
     num_classes: int | None = None,
@@ -206,36 +279,24 @@ def read_yolo_labels(
     Boxes overshooting the border by at most CLIP_TOLERANCE are clipped, strict or not, with
     one warning per file and the count in `report.clipped`; a larger overshoot is a bad line.
     """
-    label_path = Path(path)
-    try:
-        text = _read_utf8(label_path)
-    except FileNotFoundError:
-        return []
-    except FormatError as err:
-        handle(err, strict, report)
-        return []
-    boxes: list[YoloBox] = []
-    clipped: list[int] = []
-    worst = 0.0
-    # Split on "\n" only (not str.splitlines) so line numbers match what editors show.
-    for lineno, raw in enumerate(text.split("\n"), start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        try:
-            box, overshoot = _parse(line, num_classes, CLIP_TOLERANCE)
-        except ValueError as exc:
-            handle(FormatError(label_path, str(exc), line=lineno), strict, report)
-            continue
-        boxes.append(box)
-        if overshoot:
-            clipped.append(lineno)
-            worst = max(worst, overshoot)
-    if clipped:
-        shown = ", ".join(map(str, clipped[:5])) + (", ..." if len(clipped) > 5 else "")
-        detail = f"overshoot up to {worst:.2g} (normalised), line(s) {shown}"
-        note_clipped(label_path, len(clipped), detail, report)
-    return boxes
+    return [box for _, box in _read_lines(path, num_classes, strict, report, True)]
+
+
+def read_numbered_labels(
+    path: str | os.PathLike[str],
+    num_classes: int | None = None,
+    strict: bool = True,
+    report: SkipReport | None = None,
+    check_geometry: bool = True,
+) -> list[NumberedBox]:
+    """`read_yolo_labels` that keeps each box's line, for tools that report on single lines.
+
+    ``check_geometry=False`` checks the syntax only (five fields, a class id in range, finite
+    numbers) and returns every such box exactly as written, even one of zero size or outside
+    the image: for a cleaner whose rules judge geometry themselves and list what they drop.
+    """
+    pairs = _read_lines(path, num_classes, strict, report, check_geometry)
+    return [NumberedBox(b.class_id, b.cx, b.cy, b.w, b.h, line) for line, b in pairs]
 
 
 def write_yolo_labels(path: str | os.PathLike[str], boxes: Iterable[YoloBox]) -> None:
