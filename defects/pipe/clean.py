@@ -19,7 +19,8 @@ Rules and their defaults (`CleanConfig`):
 2. Images, over all splits in split order (train, valid, test) then sorted file name, the
    first of a group is kept: ``exact_duplicate`` the same file bytes (SHA-256);
    ``near_duplicate`` pHash Hamming distance <= ``phash_threshold`` (4 of 64 bits) to a kept
-   image. A group whose cleaned label sets disagree (another box count, or a box without a
+   image (``imagehash.phash``: grey, 32x32 Lanczos, 2-D DCT, top-left 8x8 above median).
+   A group whose cleaned label sets disagree (another box count, or a box without a
    same-class partner of IoU >= ``conflict_iou``, 0.5) is ``conflicting_labels``: all its
    images are dropped (``on_conflict="drop_all"``) or all but the first (``"keep_first"``).
 3. Classes: a class with fewer than ``min_count`` (10) boxes left in train, or named in
@@ -27,8 +28,9 @@ Rules and their defaults (`CleanConfig`):
    background); the remaining class ids are renumbered contiguously in their old order and
    a new ``data.yaml`` is written.
 
-A label line that is not ``class cx cy w h`` with numbers, or whose class id is not in
-``data.yaml``, is not a "false box" but bad input: FormatError naming the file and line.
+Label files are read by `defects.formats.yolo.read_numbered_labels` with the geometry left to
+the rules above. A line that is not ``class cx cy w h`` with finite numbers, or whose class id
+is not in ``data.yaml``, is not a "false box" but bad input: FormatError naming file and line.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import os
 import shutil
 from collections import Counter
@@ -45,21 +46,26 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import imagehash
 import numpy as np
 
+from defects.data.images import open_image
 from defects.formats.errors import FormatError
 from defects.formats.io import atomic_directory
 from defects.formats.layout import SPLITS, is_image_file
 from defects.formats.mask_folder import read_index_mask, write_index_mask
-from defects.formats.yolo import read_class_names, write_class_names
+from defects.formats.yolo import (
+    NumberedBox,
+    read_class_names,
+    read_numbered_labels,
+    write_class_names,
+)
 from defects.pipe.coarse import image_size
-from defects.pipe.hashing import hamming, phash_file
 
 __all__ = [
     "CleanConfig",
     "DuplicateGroup",
     "ImageRecord",
-    "LabelBox",
     "Removal",
     "aspect_boxes",
     "clean_boxes",
@@ -69,7 +75,6 @@ __all__ = [
     "find_duplicates",
     "labels_agree",
     "outside_boxes",
-    "parse_label_file",
     "rare_classes",
     "size_boxes",
 ]
@@ -108,31 +113,6 @@ class CleanConfig:
 
 
 @dataclass(frozen=True)
-class LabelBox:
-    """One label line as written: normalised centre and size, not yet judged plausible."""
-
-    line: int
-    class_id: int
-    cx: float
-    cy: float
-    w: float
-    h: float
-
-    def xyxy(self, width: int, height: int) -> tuple[float, float, float, float]:
-        """Pixel corners (x1, y1, x2, y2)."""
-        return (
-            (self.cx - self.w / 2) * width,
-            (self.cy - self.h / 2) * height,
-            (self.cx + self.w / 2) * width,
-            (self.cy + self.h / 2) * height,
-        )
-
-    def to_line(self) -> str:
-        """Label-file text with 6 decimals, like `YoloBox.to_line`."""
-        return f"{self.class_id} {self.cx:.6f} {self.cy:.6f} {self.w:.6f} {self.h:.6f}"
-
-
-@dataclass(frozen=True)
 class Removal:
     """One thing the cleaner dropped: an image (line None) or one box line of a label file."""
 
@@ -143,65 +123,14 @@ class Removal:
     reason: str
 
 
-Flag = tuple[LabelBox, str]  # a box a rule would remove, and why
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-def _number(token: str, what: str, path: Path, line: int) -> float:
-    try:
-        value = float(token)
-    except ValueError:
-        raise FormatError(path, f"{what} is not a number: {token!r}", line=line) from None
-    if not math.isfinite(value):
-        raise FormatError(path, f"{what} is not finite: {token!r}", line=line)
-    return value
-
-
-def parse_label_file(path: str | os.PathLike[str], num_classes: int) -> list[LabelBox]:
-    """Every box line of a YOLO label file, geometry unjudged (that is what the rules do).
-
-    A missing file is an image without boxes. Syntax errors (field count, non-numbers, a
-    class id that is not an integer in ``0..num_classes-1``, non-UTF-8 text) raise
-    FormatError with the file and 1-based line number; blank lines are skipped but counted.
-    """
-    label_path = Path(path)
-    try:
-        data = label_path.read_bytes()
-    except FileNotFoundError:
-        return []
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise FormatError(label_path, f"not UTF-8 text (offset {exc.start})") from None
-    boxes = []
-    for lineno, raw in enumerate(text.split("\n"), start=1):
-        tokens = raw.split()
-        if not tokens:
-            continue
-        if len(tokens) != 5:
-            raise FormatError(
-                label_path, f"expected 5 fields (class cx cy w h), got {len(tokens)}", lineno
-            )
-        class_value = _number(tokens[0], "class id", label_path, lineno)
-        if not class_value.is_integer() or not 0 <= class_value < num_classes:
-            raise FormatError(
-                label_path,
-                f"class id {tokens[0]!r} is not an integer in 0..{num_classes - 1}",
-                lineno,
-            )
-        fields = zip(tokens[1:], ("cx", "cy", "w", "h"), strict=True)
-        cx, cy, w, h = (_number(t, name, label_path, lineno) for t, name in fields)
-        boxes.append(LabelBox(lineno, int(class_value), cx, cy, w, h))
-    return boxes
+Flag = tuple[NumberedBox, str]  # a box a rule would remove, and why
 
 
 # --------------------------------------------------------------------------- box rules
 
 
 def degenerate_boxes(
-    boxes: Sequence[LabelBox], width: int, height: int, min_px: float = 1.0
+    boxes: Sequence[NumberedBox], width: int, height: int, min_px: float = 1.0
 ) -> list[Flag]:
     """Boxes with (almost) no width or height: a mis-click, not a defect."""
     flags = []
@@ -212,8 +141,8 @@ def degenerate_boxes(
     return flags
 
 
-def _inside_fraction(b: LabelBox, width: int, height: int) -> float:
-    x1, y1, x2, y2 = b.xyxy(width, height)
+def _inside_fraction(b: NumberedBox, width: int, height: int) -> float:
+    x1, y1, x2, y2 = b.to_xyxy(width, height)
     area = (x2 - x1) * (y2 - y1)
     ix = max(min(x2, width) - max(x1, 0.0), 0.0)
     iy = max(min(y2, height) - max(y1, 0.0), 0.0)
@@ -221,7 +150,7 @@ def _inside_fraction(b: LabelBox, width: int, height: int) -> float:
 
 
 def outside_boxes(
-    boxes: Sequence[LabelBox], width: int, height: int, min_inside_fraction: float = 0.5
+    boxes: Sequence[NumberedBox], width: int, height: int, min_inside_fraction: float = 0.5
 ) -> list[Flag]:
     """Boxes centred outside the image or mostly outside it: they label nothing visible."""
     flags = []
@@ -235,7 +164,7 @@ def outside_boxes(
     return flags
 
 
-def _clip(b: LabelBox) -> LabelBox:
+def _clip(b: NumberedBox) -> NumberedBox:
     """The box cut to the image [0, 1] x [0, 1]; unchanged when it already fits.
 
     The slack of 1e-6 is what 6-decimal label text can overshoot by on its own.
@@ -249,7 +178,7 @@ def _clip(b: LabelBox) -> LabelBox:
 
 
 def size_boxes(
-    boxes: Sequence[LabelBox],
+    boxes: Sequence[NumberedBox],
     width: int,
     height: int,
     min_area_px: float = 16.0,
@@ -267,7 +196,7 @@ def size_boxes(
 
 
 def aspect_boxes(
-    boxes: Sequence[LabelBox], width: int, height: int, max_aspect: float = 15.0
+    boxes: Sequence[NumberedBox], width: int, height: int, max_aspect: float = 15.0
 ) -> list[Flag]:
     """Boxes thinner than any real defect's box: a drag along an edge, not a defect."""
     flags = []
@@ -279,10 +208,10 @@ def aspect_boxes(
     return flags
 
 
-def box_iou(a: LabelBox, b: LabelBox) -> float:
+def box_iou(a: NumberedBox, b: NumberedBox) -> float:
     """IoU of two boxes in normalised coordinates."""
-    ax1, ay1, ax2, ay2 = a.xyxy(1, 1)
-    bx1, by1, bx2, by2 = b.xyxy(1, 1)
+    ax1, ay1, ax2, ay2 = a.to_xyxy(1, 1)
+    bx1, by1, bx2, by2 = b.to_xyxy(1, 1)
     iw = max(min(ax2, bx2) - max(ax1, bx1), 0.0)
     ih = max(min(ay2, by2) - max(ay1, by1), 0.0)
     inter = iw * ih
@@ -291,10 +220,10 @@ def box_iou(a: LabelBox, b: LabelBox) -> float:
 
 
 def duplicate_boxes(
-    boxes: Sequence[LabelBox], width: int, height: int, max_iou: float = 0.95
+    boxes: Sequence[NumberedBox], width: int, height: int, max_iou: float = 0.95
 ) -> list[Flag]:
     """Later boxes that repeat an earlier one (same class, IoU > max_iou): one defect, once."""
-    kept: list[LabelBox] = []
+    kept: list[NumberedBox] = []
     flags = []
     for b in boxes:
         twin = next((k for k in kept if k.class_id == b.class_id and box_iou(k, b) > max_iou), None)
@@ -305,7 +234,7 @@ def duplicate_boxes(
     return flags
 
 
-BoxRule = Callable[[Sequence[LabelBox], int, int], list[Flag]]
+BoxRule = Callable[[Sequence[NumberedBox], int, int], list[Flag]]
 
 
 def box_rules(config: CleanConfig) -> list[tuple[str, BoxRule]]:
@@ -324,16 +253,16 @@ def box_rules(config: CleanConfig) -> list[tuple[str, BoxRule]]:
 
 
 def clean_boxes(
-    boxes: Sequence[LabelBox], width: int, height: int, config: CleanConfig
-) -> tuple[list[LabelBox], list[tuple[str, LabelBox, str]], list[LabelBox]]:
+    boxes: Sequence[NumberedBox], width: int, height: int, config: CleanConfig
+) -> tuple[list[NumberedBox], list[tuple[str, NumberedBox, str]], list[NumberedBox]]:
     """(kept boxes, [(rule, box, reason)] removed, boxes clipped to the image).
 
     Each rule sees only what the earlier rules kept, so a box is removed by its first rule.
     Boxes that pass ``outside_image`` are clipped before the size and aspect rules.
     """
     kept = list(boxes)
-    removed: list[tuple[str, LabelBox, str]] = []
-    clipped: list[LabelBox] = []
+    removed: list[tuple[str, NumberedBox, str]] = []
+    clipped: list[NumberedBox] = []
     for rule, check in box_rules(config):
         flags = check(kept, width, height)
         gone = {id(b) for b, _ in flags}
@@ -358,10 +287,10 @@ class ImageRecord:
     rel: str
     width: int
     height: int
-    boxes: list[LabelBox]
-    kept: list[LabelBox] = field(default_factory=list)
+    boxes: list[NumberedBox]
+    kept: list[NumberedBox] = field(default_factory=list)
     sha: str = ""
-    phash: np.ndarray | None = None
+    phash: imagehash.ImageHash | None = None
 
     @property
     def label_rel(self) -> str:
@@ -384,18 +313,18 @@ def find_duplicates(images: Sequence[ImageRecord], phash_threshold: int) -> list
     otherwise it is kept itself. Joining only kept images avoids chains of small changes
     gluing different pictures together.
     """
-    groups: list[DuplicateGroup] = []
+    kept: list[tuple[imagehash.ImageHash, DuplicateGroup]] = []  # each group's first image
     by_sha: dict[str, DuplicateGroup] = {}
     for im in images:
         group = by_sha.get(im.sha)
         if group is not None:
             group.members.append((im, "exact_duplicate", f"byte-identical to {group.first.rel}"))
             continue
-        best: tuple[int, DuplicateGroup] | None = None
         if im.phash is None:
             raise ValueError(f"{im.rel}: no pHash computed")
-        for g in groups:
-            d = hamming(g.first.phash, im.phash)  # type: ignore[arg-type]
+        best: tuple[int, DuplicateGroup] | None = None
+        for first_hash, g in kept:
+            d = int(im.phash - first_hash)  # Hamming distance in bits
             if d <= phash_threshold and (best is None or d < best[0]):
                 best = (d, g)
         if best is not None:
@@ -403,12 +332,12 @@ def find_duplicates(images: Sequence[ImageRecord], phash_threshold: int) -> list
             best[1].members.append((im, "near_duplicate", reason))
             continue
         group = DuplicateGroup(im)
-        groups.append(group)
+        kept.append((im.phash, group))
         by_sha[im.sha] = group
-    return [g for g in groups if g.members]
+    return [g for _, g in kept if g.members]
 
 
-def labels_agree(a: Sequence[LabelBox], b: Sequence[LabelBox], min_iou: float = 0.5) -> bool:
+def labels_agree(a: Sequence[NumberedBox], b: Sequence[NumberedBox], min_iou: float = 0.5) -> bool:
     """Same number of boxes and a one-to-one same-class match with IoU >= min_iou.
 
     Compared in normalised coordinates, so a resized copy with the same labels agrees.
@@ -457,7 +386,9 @@ def _scan(root: Path, num_classes: int) -> list[ImageRecord]:
                 raise FormatError(path, f"same stem as {stems[path.stem].name}")
             stems[path.stem] = path
             width, height = image_size(path)
-            boxes = parse_label_file(root / split / "labels" / f"{path.stem}.txt", num_classes)
+            label_path = root / split / "labels" / f"{path.stem}.txt"
+            # Syntax only: the box rules judge geometry and list every box they drop.
+            boxes = read_numbered_labels(label_path, num_classes, check_geometry=False)
             rel = f"{split}/images/{path.name}"
             images.append(ImageRecord(split, path, rel, width, height, boxes))
         labels_dir = root / split / "labels"
@@ -538,6 +469,12 @@ class _ClassPlan:
         return table
 
 
+def _phash_file(path: Path) -> imagehash.ImageHash:
+    """64-bit pHash of an image file, decoded by the one image decoder (FormatError naming it)."""
+    with open_image(path) as image:
+        return imagehash.phash(image)
+
+
 def _judge_images(images: list[ImageRecord], config: CleanConfig) -> tuple[list[Removal], list]:
     """Box rules per file (filling each image's ``kept``) and its hashes; (removals, clipped)."""
     removals: list[Removal] = []
@@ -547,7 +484,7 @@ def _judge_images(images: list[ImageRecord], config: CleanConfig) -> tuple[list[
         removals += [Removal(r, im.split, im.label_rel, b.line, why) for r, b, why in removed]
         clipped += [{"file": im.label_rel, "line": b.line} for b in cut]
         im.sha = hashlib.sha256(im.path.read_bytes()).hexdigest()
-        im.phash = phash_file(im.path)
+        im.phash = _phash_file(im.path)
     return removals, clipped
 
 
