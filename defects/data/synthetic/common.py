@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
 
+from defects.formats.io import atomic_directory
+
 # Re-exported: the generators import SPLITS from here.
 from defects.formats.layout import SPLITS as SPLITS
+
+Job = TypeVar("Job")
+Result = TypeVar("Result")
 
 
 def smooth_1d(
@@ -122,3 +132,62 @@ def check_size(width: int, height: int, min_width: int, min_height: int) -> None
     """Defect sizes are in pixels, so an image below a generator's minimum cannot hold them."""
     if width < min_width or height < min_height:
         raise ValueError(f"image must be at least {min_width}x{min_height}, got {width}x{height}")
+
+
+# --------------------------------------------------------------------------- split writer
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split being written: ``index`` is its place in SPLITS, the key of its seed."""
+
+    index: int
+    name: str
+    count: int  # images (or videos) the generator was asked for
+    root: Path  # the dataset root being written, not yet in place
+
+    @property
+    def dir(self) -> Path:
+        """The split's own folder, ``root/name``."""
+        return self.root / self.name
+
+
+class SplitWriter:
+    """The dataset root being written, its splits in order and the threads that render them."""
+
+    def __init__(
+        self, root: Path, pool: Executor, counts: Mapping[str, int], folders: Sequence[str]
+    ) -> None:
+        self.root = root
+        self._pool = pool
+        self._counts = counts
+        self._folders = folders
+
+    def splits(self) -> Iterator[Split]:
+        """train, valid, test, each once its folders (``folders`` with ``{split}``) exist."""
+        for index, name in enumerate(SPLITS):
+            for folder in self._folders:
+                (self.root / folder.format(split=name)).mkdir(parents=True)
+            yield Split(index, name, self._counts[name], self.root)
+
+    def map(self, make: Callable[[Job], Result], jobs: Iterable[Job]) -> Iterator[Result]:
+        """``make`` over ``jobs`` on the writer's threads, results in job order.
+
+        The first failure is re-raised. Each job carries its own RNG, so what is written does
+        not depend on which thread ran it or when.
+        """
+        return self._pool.map(make, jobs)
+
+
+@contextmanager
+def split_writer(
+    out_dir: str | Path, counts: Mapping[str, int], folders: Sequence[str]
+) -> Iterator[SplitWriter]:
+    """Write a generated dataset whole or not at all, two render threads at a time.
+
+    The body writes under ``writer.root``, a temporary sibling that replaces ``out_dir`` only
+    when the body succeeds. Two threads: numpy, cv2 and PNG/fsync I/O release the GIL, and a
+    laptop has at least two cores. ``folders`` are made per split, e.g. ``"{split}/images"``.
+    """
+    with atomic_directory(out_dir) as tmp, ThreadPoolExecutor(max_workers=2) as pool:
+        yield SplitWriter(Path(tmp), pool, counts, folders)

@@ -42,15 +42,21 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from defects.data.synthetic.common import SPLITS, check_class_names, check_size
-from defects.formats.io import atomic_directory, atomic_write_text
+from defects.data.synthetic.common import (
+    SPLITS,
+    SplitWriter,
+    check_class_names,
+    check_size,
+    split_writer,
+)
+from defects.formats.io import atomic_write_text
 from defects.formats.mask_folder import write_index_mask
 from defects.formats.yolo import write_class_names
 from defects.pipe.coarse import boxes_from_index_mask, mask_components
@@ -720,7 +726,7 @@ def _plan(
 
 
 def _render_split(
-    pool: ThreadPoolExecutor,
+    writer: SplitWriter,
     plan: list[tuple[np.random.Generator, list[str]]],
     names: list[str],
     width: int,
@@ -737,7 +743,7 @@ def _render_split(
         frame.rare = any(names[c] in rare for c in frame.classes)
         return frame
 
-    return list(pool.map(make, enumerate(plan)))
+    return list(writer.map(make, enumerate(plan)))
 
 
 def _near_copy(kind: str, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -866,14 +872,14 @@ def _plant(
     return copies, fine, record
 
 
-def _write_frame(root: Path, split: str, frame: _Frame) -> None:
+def _write_frame(split_dir: Path, frame: _Frame) -> None:
     """Image (byte-stable PNG), true index mask and label lines of one frame."""
-    image_path = root / split / "images" / f"{frame.stem}.png"
+    image_path = split_dir / "images" / f"{frame.stem}.png"
     if not cv2.imwrite(str(image_path), np.ascontiguousarray(frame.image[..., ::-1])):
         raise OSError(f"could not write {image_path}")
-    write_index_mask(root / split / "true_masks" / f"{frame.stem}.png", frame.mask)
+    write_index_mask(split_dir / "true_masks" / f"{frame.stem}.png", frame.mask)
     text = "".join(line + "\n" for line in frame.lines)
-    atomic_write_text(root / split / "labels" / f"{frame.stem}.txt", text)
+    atomic_write_text(split_dir / "labels" / f"{frame.stem}.txt", text)
 
 
 _PLANTED_KEYS = ("duplicates", "conflicting_labels", "false_boxes")
@@ -942,25 +948,24 @@ def generate_pipe_dataset(
         "rare_boxes": {split: {n: 0 for n in rare} for split in SPLITS},
         "seed": seed,
     }
-    with atomic_directory(out_dir) as tmp, ThreadPoolExecutor(max_workers=2) as pool:
-        root = Path(tmp)
-        for split_index, split in enumerate(SPLITS):
-            for sub in ("images", "labels", "true_masks"):
-                (root / split / sub).mkdir(parents=True)
+    folders = ("{split}/images", "{split}/labels", "{split}/true_masks")
+    with split_writer(out_dir, counts, folders) as writer:
+        root = writer.root
+        for split in writer.splits():
             plan = _plan(
-                np.random.default_rng([seed, split_index]), counts[split], common,
+                np.random.default_rng([seed, split.index]), split.count, common,
                 rare, defect_free_fraction, rare_fraction, max_defects,
             )  # fmt: skip
-            frames = _render_split(pool, plan, names, width, height, rare)
-            _count(summary, split, frames, names, rare)
-            if split == "train":
+            frames = _render_split(writer, plan, names, width, height, rare)
+            _count(summary, split.name, frames, names, rare)
+            if split.name == "train":
                 copies, fine, record = _plant(
                     np.random.default_rng([seed, 99]), frames, names, common_ids,
                     n_duplicates, n_false_boxes, fine_per_class,
                 )  # fmt: skip
                 frames = frames + copies
-            list(pool.map(lambda f, s=split: _write_frame(root, s, f), frames))
-            summary["images"][split] = len(frames)
+            list(writer.map(partial(_write_frame, split.dir), frames))
+            summary["images"][split.name] = len(frames)
         record["rare_boxes"] = summary["rare_boxes"]
         atomic_write_text(root / "fine.txt", "".join(f"{f.stem}\n" for f in fine))
         atomic_write_text(root / "planted.json", json.dumps(record, indent=2) + "\n")

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from defects.data.synthetic.common import (
-    SPLITS,
     along,
     check_size,
     check_split_args,
@@ -26,8 +24,8 @@ from defects.data.synthetic.common import (
     normalized_weights,
     plan_split,
     smooth_1d,
+    split_writer,
 )
-from defects.formats.io import atomic_directory
 from defects.formats.severstal import write_severstal_csv
 
 __all__ = [
@@ -302,16 +300,13 @@ def generate_steel_dataset(
     }
     # Same scheme as the weld generator: split-level draws, then one spawned child RNG per
     # image so two threads can render and write in parallel and stay deterministic.
-    with atomic_directory(out_dir) as tmp, ThreadPoolExecutor(max_workers=2) as pool:
-        root = Path(tmp)
-        for split_index, split in enumerate(SPLITS):
-            images_dir = root / split / "images"
-            images_dir.mkdir(parents=True)
+    with split_writer(out_dir, counts, ("{split}/images",)) as writer:
+        for split in writer.splits():
             plan = plan_split(
-                seed, split_index, counts[split], defect_free_fraction, max_defects, weights
+                seed, split.index, split.count, defect_free_fraction, max_defects, weights
             )
             jobs = [
-                (child, [j + 1 for j in classes], images_dir / f"{i:05d}.png")
+                (child, [j + 1 for j in classes], split.dir / "images" / f"{i:05d}.png")
                 for i, (child, classes) in enumerate(plan)
             ]
 
@@ -323,12 +318,12 @@ def generate_steel_dataset(
                 return masks
 
             table: dict[str, dict[int, np.ndarray]] = {}
-            for (_, _, image_path), masks in zip(jobs, pool.map(make, jobs), strict=True):
+            for (_, _, image_path), masks in zip(jobs, writer.map(make, jobs), strict=True):
                 table[image_path.name] = masks
                 summary["defect_free"] += not masks
                 for class_id in masks:
                     summary["defects"][STEEL_CLASSES[class_id - 1]] += 1
-            write_severstal_csv(root / split / "train.csv", table)
+            write_severstal_csv(split.dir / "train.csv", table)
     return summary
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +28,8 @@ from defects.data.synthetic.common import (
     normalized_weights,
     plan_split,
     smooth_1d,
+    split_writer,
 )
-from defects.formats.io import atomic_directory
 from defects.formats.yolo import YoloBox, write_class_names, write_yolo_labels
 
 __all__ = [
@@ -376,22 +375,18 @@ def generate_weld_dataset(
     }
     # Split-level choices come from the split RNG; each image then gets its own child RNG
     # (spawned in order), so images can be rendered and written by two threads at once and
-    # still be byte-identical from run to run. numpy, cv2 and PNG/fsync I/O release the GIL.
-    with atomic_directory(out_dir) as tmp, ThreadPoolExecutor(max_workers=2) as pool:
-        root = Path(tmp)
-        for split_index, split in enumerate(SPLITS):
-            images_dir, labels_dir = root / split / "images", root / split / "labels"
-            images_dir.mkdir(parents=True)
-            labels_dir.mkdir(parents=True)
+    # still be byte-identical from run to run.
+    with split_writer(out_dir, counts, ("{split}/images", "{split}/labels")) as writer:
+        for split in writer.splits():
             plan = plan_split(
-                seed, split_index, counts[split], defect_free_fraction, max_defects, weights
+                seed, split.index, split.count, defect_free_fraction, max_defects, weights
             )
             jobs = [
                 (
                     child,
                     [names[j] for j in classes],
-                    images_dir / f"{i:05d}.png",
-                    labels_dir / f"{i:05d}.txt",
+                    split.dir / "images" / f"{i:05d}.png",
+                    split.dir / "labels" / f"{i:05d}.txt",
                 )
                 for i, (child, classes) in enumerate(plan)
             ]
@@ -404,9 +399,9 @@ def generate_weld_dataset(
                 write_yolo_labels(label_path, boxes)
                 return boxes
 
-            for boxes in pool.map(make, jobs):  # re-raises the first failure
+            for boxes in writer.map(make, jobs):  # re-raises the first failure
                 summary["defect_free"] += not boxes
                 for box in boxes:
                     summary["boxes"][names[box.class_id]] += 1
-        write_class_names(root / "data.yaml", names)
+        write_class_names(writer.root / "data.yaml", names)
     return summary

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,8 +29,9 @@ from defects.data.synthetic.common import (
     fixed_point,
     normalized_weights,
     plan_split,
+    split_writer,
 )
-from defects.formats.io import atomic_directory, atomic_write_bytes
+from defects.formats.io import atomic_write_bytes
 from defects.formats.yolo import YoloBox, write_class_names, write_yolo_labels
 from defects.video.frames import iter_frames, write_video
 
@@ -1102,43 +1102,37 @@ def generate_winding_dataset(
     gif: bytes | None = None
     # As in weld: split-level choices come from the split RNG and each video has its own
     # child, so two threads can render and encode videos and the output stays byte-identical.
-    with atomic_directory(out_dir) as tmp, ThreadPoolExecutor(max_workers=2) as pool:
-        root = Path(tmp)
+    folders = ("videos/{split}", "{split}/images", "{split}/labels")
+    with split_writer(out_dir, counts, folders) as writer:
         first_id = 0
-        for split_index, split in enumerate(SPLITS):
-            for folder in (
-                root / "videos" / split,
-                root / split / "images",
-                root / split / "labels",
-            ):
-                folder.mkdir(parents=True)
+        for split in writer.splits():
             plan = _deal_classes(
                 plan_split(
-                    seed, split_index, counts[split], defect_free_fraction, max_defects, weights
+                    seed, split.index, split.count, defect_free_fraction, max_defects, weights
                 ),
                 weights,
-                np.random.default_rng([seed, split_index, 1]),
+                np.random.default_rng([seed, split.index, 1]),
             )
             jobs = [
                 (
                     child,
                     [names[j] for j in classes],
-                    root / "videos" / split / f"w{first_id + i:03d}.mp4",
+                    writer.root / "videos" / split.name / f"w{first_id + i:03d}.mp4",
                 )
                 for i, (child, classes) in enumerate(plan)
             ]
             first_id += len(plan)
-            for video, labels, cut in pool.map(make, jobs):  # re-raises the first failure
-                summary["frames"][split] += len(cut)
+            for video, labels, cut in writer.map(make, jobs):  # re-raises the first failure
+                summary["frames"][split.name] += len(cut)
                 summary["defect_free"] += not any(labels)
                 for index in cut:
                     for box in labels[index]:
                         summary["boxes"][names[box.class_id]] += 1
                 # GIF: the first train video with defects, else the first video at all.
-                wanted = split == "train" and any(labels)
+                wanted = split.name == "train" and any(labels)
                 if gif_source is None or (wanted and not gif_found):
                     gif_source, gif_found = (video, labels), wanted
-        write_class_names(root / "data.yaml", names)
+        write_class_names(writer.root / "data.yaml", names)
         if preview_gif is not None and gif_source is not None:
             gif = _gif_bytes(gif_source[0], gif_source[1], names, fps)
     if preview_gif is not None and gif is not None:
