@@ -75,7 +75,7 @@ def untrained_bundle(task: str, folder: Path) -> Path:
         cfg = compose("config", [f"task={task}", "logger=none"])
     torch.manual_seed(0)
     module = instantiate(cfg.model, _convert_="all")
-    bundle = kind_of(module).bundle_from_module(module, cfg)
+    bundle = kind_of(module).bundle(module, cfg)
     if task == "steel":
         bundle["thresholds"] = {"gate": 0.0, "pixel": 0.5, "min_area": 0}
     return save_bundle(folder / f"{task}.pt", task=task, **bundle)

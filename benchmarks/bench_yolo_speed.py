@@ -37,7 +37,8 @@ import torch  # noqa: E402
 
 import defects  # noqa: E402
 from defects.bundle import load_bundle, save_bundle  # noqa: E402
-from defects.kinds.yolo import KIND, adapter  # noqa: E402
+from defects.kinds.yolo import adapter  # noqa: E402
+from defects.kinds.yolo.kind import KIND  # noqa: E402
 
 
 def frames(width: int, height: int, count: int, folder: Path) -> list[np.ndarray]:
@@ -71,7 +72,7 @@ def bundle_at(path: str | None, imgsz: int, folder: Path, rect: bool = True) -> 
         with initialize_config_dir(str(REPO / "defects" / "configs"), version_base="1.3"):
             cfg = compose("config", ["task=winding", "logger=none"])
         torch.manual_seed(0)
-        bundle = KIND.bundle_from_module(instantiate(cfg.model, _convert_="all"), cfg)
+        bundle = KIND.bundle(instantiate(cfg.model, _convert_="all"), cfg)
         bundle["task"] = "winding"
     else:
         bundle = load_bundle(path)

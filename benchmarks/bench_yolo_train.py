@@ -50,7 +50,8 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 from defects.bundle import load_bundle, save_bundle  # noqa: E402
-from defects.kinds.yolo import KIND, adapter  # noqa: E402
+from defects.kinds.yolo import adapter  # noqa: E402
+from defects.kinds.yolo.kind import KIND  # noqa: E402
 
 
 def config(data: Path, out: Path, args: argparse.Namespace, seed: int) -> object:

@@ -168,7 +168,8 @@ def serve(
     live inspection: the page shows the video with the model's overlay (/video_feed, MJPEG)
     and its figures (/api/stats). A file plays at its frame rate and starts over at its end
     (`--no-loop`: the stream ends); a lost camera or URL is retried with back-off.
-    `--confidence`: the score cut of a detection bundle (stream and uploads alike).
+    `--confidence`: the model's main threshold (a detection's score, a segmenter's gate), for
+    the stream and uploads alike.
     Binds 127.0.0.1 unless `--host` says otherwise. Flask's own server (threaded, one thread
     per viewer): for a bench or a local demo, not for exposure to the internet.
     """
@@ -183,8 +184,7 @@ def serve(
     if confidence is not None:
         if not 0.0 <= float(confidence) <= 1.0:
             raise ValueError(f"--confidence must be within [0, 1], got {confidence}")
-        if predictor.main_threshold == "score":
-            predictor.set_threshold(float(confidence))
+        predictor.set_threshold(float(confidence))
     stream = None
     if source is not None:
         stream = StreamConfig(

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from defects.config import ConfigError, validate_config
 from defects.formats.layout import SPLITS
-from defects.kinds import get_kind
+from defects.kinds import get_kind, kind_of
 from defects.kinds.base import Predictor
 from defects.predict import load, stored_kind
 from defects.runtime import (
@@ -36,8 +36,8 @@ def checkpoint_predictor(path: Path, cfg: DictConfig, datamodule: Any) -> Predic
     """A Lightning .ckpt has no tuned thresholds: its kind tunes them on validation first."""
     module_class = get_class(cfg.model._target_)
     module = module_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    kind = get_kind(module.kind)
-    bundle = kind.bundle_from_module(module, cfg)
+    kind = kind_of(module)
+    bundle = kind.bundle(module, cfg)
     bundle.update(task=cfg.task_name, name=cfg.dataset)
     bundle["thresholds"] = kind.tune(bundle, datamodule)
     return kind.predictor(bundle)
@@ -57,7 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     path = Path(cfg.ckpt_path)
     if not path.exists():
         raise FileNotFoundError(f"ckpt_path: {path} does not exist")
-    expected = getattr(get_class(cfg.model._target_), "kind", None)
+    expected = kind_of(get_class(cfg.model._target_)).name
     if path.suffix != ".ckpt" and stored_kind(path) != expected:
         raise ConfigError(
             f"ckpt_path: {path} holds a {stored_kind(path)} model, but this config's model "

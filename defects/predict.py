@@ -21,7 +21,6 @@ from defects.runtime import offline_environment
 log = logging.getLogger("defects")
 
 BACKENDS = ("eager", "onnx")
-PREDICT_BATCH = 4  # images per forward pass: a few share one call, memory stays small
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -63,9 +62,12 @@ def load(
     path = Path(path)
     if path.is_dir():
         manifest = read_manifest(path)
-        return get_kind(manifest["kind"]).onnx_predictor(path, manifest, threads)
+        kind = get_kind(manifest["kind"])
+        manifest["bundle"]["model"]["kind"] = kind.name  # an alias of an older version
+        return kind.onnx_predictor(path, manifest, threads)
     bundle = load_bundle(path)
     kind = get_kind(bundle["model"]["kind"])
+    bundle["model"]["kind"] = kind.name
     if backend == "eager":
         return kind.predictor(bundle, device)
     from defects.export import export_bundle
@@ -85,13 +87,9 @@ def predict_images(
     from tqdm import tqdm
 
     writer = get_kind(predictor.kind).writer(predictor, out_dir, overlays)
-    with tqdm(total=len(images), desc="predict", unit="img") as progress:
-        for start in range(0, len(images), PREDICT_BATCH):
-            paths = images[start : start + PREDICT_BATCH]
-            arrays = [predictor.decode(path) for path in paths]
-            for path, image, result in zip(
-                paths, arrays, predictor.predict_batch(arrays), strict=True
-            ):
-                writer.add(path, image, result)
-            progress.update(len(paths))
+    results = predictor.predict_many(images)
+    for path, (image, result) in zip(
+        images, tqdm(results, total=len(images), desc="predict", unit="img"), strict=True
+    ):
+        writer.add(path, image, result)
     return writer.close()

@@ -14,20 +14,19 @@ from pathlib import Path
 from defects.formats.cvat import write_cvat_images_xml
 from defects.formats.io import staged_directory
 from defects.formats.yolo import YoloBox, write_class_names, write_yolo_labels
-from defects.results import Detections
+from defects.results import Result
 
 __all__ = ["prelabel"]
 
 log = logging.getLogger("defects")
 
-BATCH = 4  # images per forward pass, as `defects predict` does
 
-
-def _yolo_boxes(result: Detections, width: int, height: int, name: str) -> list[YoloBox]:
-    """A detection result's boxes, normalised; boxes with no area inside the image are dropped
-    (with a warning), since no label file can hold them."""
+def _yolo_boxes(result: Result, width: int, height: int, name: str) -> list[YoloBox]:
+    """A result's findings as normalised boxes; boxes with no area inside the image are
+    dropped (with a warning), since no label file can hold them."""
+    found = result.as_boxes()
     boxes = []
-    for box, class_id in zip(result.boxes, result.class_ids, strict=True):
+    for box, class_id in zip(found.boxes, found.class_ids, strict=True):
         try:
             boxes.append(YoloBox.from_xyxy(int(class_id), *map(float, box), width, height))
         except ValueError as exc:
@@ -42,11 +41,13 @@ def prelabel(
     confidence: float = 0.25,
     backend: str = "eager",
 ) -> dict:
-    """Detect on every image of `frames_dir`; write out_dir/labels/<stem>.txt, data.yaml and
+    """Predict every image of `frames_dir`; write out_dir/labels/<stem>.txt, data.yaml and
     annotations.xml (image names as in `frames_dir`, i.e. as CVAT will know them).
 
-    `confidence` is the score cut. The frames are only read; the outputs appear together once
-    all images are done (`staged_directory`). Returns counts and the written paths.
+    Any bundle pre-labels: a detector's boxes, or a segmenter's masks as one box per region.
+    `confidence` is the model's main threshold (a box's score, a segmenter's gate). The
+    frames are only read; the outputs appear together once all images are done
+    (`staged_directory`). Returns counts and the written paths.
     """
     import defects
     from defects.data.images import list_images
@@ -58,18 +59,11 @@ def prelabel(
     if not images:
         raise FileNotFoundError(f"{source}: no images found")
     predictor = defects.load(model, backend=backend)
-    if predictor.main_threshold != "score":
-        raise ValueError(f"{model}: a {predictor.kind} bundle does not detect boxes")
     predictor.set_threshold(float(confidence))
     items: list[tuple[str, int, int, list[YoloBox]]] = []
-    for start in range(0, len(images), BATCH):
-        paths = images[start : start + BATCH]
-        arrays = [predictor.decode(path) for path in paths]
-        for path, array, result in zip(paths, arrays, predictor.predict_batch(arrays), strict=True):
-            if not isinstance(result, Detections):
-                raise ValueError(f"{model}: predictions are {type(result).__name__}, not boxes")
-            height, width = array.shape[:2]
-            items.append((path.name, width, height, _yolo_boxes(result, width, height, path.name)))
+    for path, (array, result) in zip(images, predictor.predict_many(images), strict=True):
+        height, width = array.shape[:2]
+        items.append((path.name, width, height, _yolo_boxes(result, width, height, path.name)))
     names = list(predictor.class_names)
     with staged_directory(out_dir) as tmp:
         for name, _, _, boxes in items:

@@ -1,13 +1,15 @@
 """What a predictor returns, and the JSON rows, tables and overlays every front end shows.
 
-Defined once here (no torch, no web server), so `defects predict`, the Flask page, the stream
-and the benchmark format a result the same way. A kind whose results are neither boxes nor
-masks adds its own class with the same four methods.
+Defined once here (no torch, no web server), so `defects predict`, the Flask page, the stream,
+prelabel and the benchmark format a result the same way and never ask which kind of result
+they hold. A kind whose results are neither boxes nor masks adds its own class with the
+methods of `Result`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,6 +31,17 @@ class Result(Protocol):
 
     def overlay(self, image: np.ndarray) -> np.ndarray:
         """RGB uint8 copy of `image` with the result drawn on it."""
+
+    def above(self, threshold: float) -> Result:
+        """The result a stricter main threshold (the predictor's `main_threshold`: a box's
+        score, a segmenter's gate) would have given; a looser one cannot add anything back."""
+
+    def counts(self) -> dict[str, int]:
+        """Findings per class name (boxes, or 1 per class a mask shows); absent classes left
+        out."""
+
+    def as_boxes(self) -> Detections:
+        """The findings as boxes in original pixels (what a CVAT pre-label holds)."""
 
 
 @dataclass
@@ -53,6 +66,18 @@ class Detections:
             self.class_ids[keep],
             self.scores[keep],
             self.class_names,
+        )
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(self.labels))
+
+    def as_boxes(self) -> Detections:
+        return self
+
+    @classmethod
+    def empty(cls, class_names: list[str]) -> Detections:
+        return cls(
+            np.zeros((0, 4), np.float32), [], np.zeros(0, np.int64), np.zeros(0), class_names
         )
 
     def rows(self) -> list[dict[str, Any]]:
@@ -104,6 +129,45 @@ class SegmentationResult:
 
     def areas(self) -> dict[str, int]:
         return {n: int(m.sum()) for n, m in zip(self.class_names, self.masks, strict=True)}
+
+    def above(self, threshold: float) -> SegmentationResult:
+        """Every mask dropped when the gate's probability is below `threshold`."""
+        threshold = max(float(threshold), self.gate_threshold)
+        masks = self.masks if self.gate >= threshold else np.zeros_like(self.masks)
+        return replace(self, masks=masks, gate_threshold=threshold)
+
+    def counts(self) -> dict[str, int]:
+        return {name: 1 for name in self.present}
+
+    def as_boxes(self) -> Detections:
+        """One box per connected region (8-connected) of each class's mask, scored with the
+        gate's probability, ordered by class then by OpenCV's label order."""
+        from defects.formats.mask_folder import mask_components
+
+        boxes, ids = [], []
+        for class_id, mask in enumerate(self.masks):
+            for x, y, w, h, _ in mask_components(mask) if mask.any() else []:
+                boxes.append([x, y, x + w, y + h])
+                ids.append(class_id)
+        if not boxes:
+            return Detections.empty(self.class_names)
+        return Detections(
+            np.asarray(boxes, np.float32),
+            [self.class_names[i] for i in ids],
+            np.asarray(ids, np.int64),
+            np.full(len(ids), self.gate, np.float64),
+            self.class_names,
+        )
+
+    def index_mask(self) -> np.ndarray:
+        """(H, W) uint8, 0 = background; classes are painted in id order, so where masks
+        overlap the higher class id wins."""
+        if len(self.masks) > 255:
+            raise ValueError(f"{len(self.masks)} classes do not fit a uint8 index mask")
+        index = np.zeros(self.masks.shape[1:], dtype=np.uint8)
+        for class_id, mask in enumerate(self.masks, start=1):
+            index[mask] = class_id
+        return index
 
     def record(self) -> dict[str, Any]:
         """Only present classes, each with its area and Severstal RLE; `shape` because an RLE

@@ -71,7 +71,7 @@ def finish(
 ) -> tuple[dict[str, float], list[Path], Path]:
     """Tune thresholds, score validation through the kind's predictor, write the bundle."""
     paths = cfg.paths
-    bundle = kind.bundle_from_module(module, cfg)
+    bundle = kind.bundle(module, cfg)
     bundle["thresholds"] = kind.tune(bundle, datamodule)
     report = kind.evaluate(kind.predictor(bundle), datamodule, "valid")
     outputs = kind.write_report(

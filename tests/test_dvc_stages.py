@@ -24,7 +24,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from defects.config import validate_config
-from defects.kinds import BUILTIN
+from defects.kinds import builtin_kinds
 from tests.conftest import CONFIG_DIR, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,11 +144,18 @@ def module_file(name: str) -> str | None:
     return None
 
 
+def type_checking_only(node: ast.AST) -> bool:
+    """`if TYPE_CHECKING:`: imports for annotations, never run."""
+    return isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+
+
 def import_time_nodes(tree: ast.Module) -> Iterator[ast.AST]:
     """Statements that run when the module is imported: not the bodies of functions."""
     todo: list[ast.AST] = list(tree.body)
     while todo:
         node = todo.pop()
+        if type_checking_only(node):
+            continue
         yield node
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             todo.extend(ast.iter_child_nodes(node))
@@ -202,7 +209,10 @@ def entry_modules(name: str) -> set[str]:
     module = command(STAGES[name])[0]
     if (ROOT.joinpath(*module.split(".")) / "__main__.py").is_file():
         module = f"{module}.__main__"
-    return {module, *(o.__module__ for o in objects)}
+    modules = {module, *(o.__module__ for o in objects)}
+    # A LightningModule's kind is the kind.py beside its module.py, imported by name.
+    kinds = {m.rpartition(".")[0] + ".kind" for m in modules if m.endswith(".module")}
+    return modules | {k for k in kinds if module_file(k) is not None}
 
 
 def source_file(target: str) -> str:
@@ -213,7 +223,7 @@ def source_file(target: str) -> str:
 def own_files(task: str) -> dict[str, str]:
     """What belongs to one task alone: its model kind, data module and data generator."""
     cfg = compose_config([f"task={task}"])
-    (kind,) = (p for p in BUILTIN.values() if cfg.model._target_.startswith(f"{p}."))
+    (kind,) = (p for p in builtin_kinds().values() if cfg.model._target_.startswith(f"{p}."))
     return {
         "kind": Path(module_file(kind)).parent.as_posix(),
         "data": source_file(cfg.data._target_),
@@ -224,7 +234,7 @@ def own_files(task: str) -> dict[str, str]:
 def foreign_files(task: str) -> set[str]:
     """Other tasks' own files, and every registered kind this task does not use."""
     mine = set(own_files(task).values())
-    kinds = {Path(module_file(p)).parent.as_posix() for p in BUILTIN.values()}
+    kinds = {Path(module_file(p)).parent.as_posix() for p in builtin_kinds().values()}
     others = {path for other in TASKS for path in own_files(other).values()}
     return (others | kinds) - mine
 

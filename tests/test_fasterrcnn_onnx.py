@@ -12,14 +12,14 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
 
-from defects.kinds.fasterrcnn.net import Detector
-from defects.kinds.fasterrcnn.onnx import (
-    OnnxDetector,
+from defects.kinds.fasterrcnn.export import (
     _batched_nms_first,
     _PoolThenHead,
     export_detector,
     traceable_copy,
 )
+from defects.kinds.fasterrcnn.net import Detector
+from defects.kinds.fasterrcnn.predictor import OnnxDetector
 
 # The weld config at the test size; every proposal scored (box_score_thresh 0) so a random
 # network yields a full list of detections to compare.

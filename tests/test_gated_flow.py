@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from defects.kinds.gated.flow import GatedFlow, export_onnx, pad_to_stride
+from defects.kinds.gated.export import export_onnx
+from defects.kinds.gated.flow import GatedFlow, pad_to_stride
 from defects.kinds.gated.module import gate_targets
 from defects.kinds.gated.net import Segmenter, rescale
 from defects.kinds.gated.thresholds import Thresholds, ThresholdSearch, binarize, gate_scores

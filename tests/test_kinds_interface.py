@@ -1,209 +1,88 @@
-"""A new model kind plugs in through the registry alone: a tiny image-level classifier of its
-own, registered here, goes through train -> evaluate -> predict -> export -> ONNX -> serve
-without a line of the entry points knowing it exists."""
+"""A new model kind plugs in through its folder alone: `tests/toy_presence/`, a tiny image-level
+classifier in the built-in kinds' layout, goes through train -> evaluate -> predict -> export
+-> ONNX -> serve -> stream without a line of the entry points knowing it exists and without
+being registered by hand (its LightningModule's folder names it). The layout itself is
+checked for every built-in kind."""
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from importlib.metadata import EntryPoint
 from pathlib import Path
-from typing import Any
 
-import lightning as L
 import numpy as np
 import pytest
-import torch
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
-from torch import nn
 
 import defects
-from defects.data.transforms import to_tensor
-from defects.kinds import get_kind, register
-from defects.kinds.base import ModelKind, Predictor, Report, bundle_meta, split_prefix
-from defects.kinds.schedule import configure_optimizers
-from defects.reports import write_metrics_json
+from defects import kinds
+from defects.kinds import builtin_kinds, get_kind, kind_in_package, kind_of
+from defects.kinds.base import KIND_PARTS
+from defects.stream import LiveStream, StreamConfig
+from defects.video.frames import write_video
 from tests.conftest import compose_config, weld_overrides
 
-CLASSES = ["porosity", "crack", "lack_of_fusion", "slag_inclusion"]
+TOY = "tests.toy_presence"
+KIND_PACKAGES = {**builtin_kinds(), "toy_presence": TOY}
 
 
-class ToyNet(nn.Module):
-    """Image -> one presence logit per class."""
-
-    def __init__(self, num_classes: int, width: int = 8):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width, 5, stride=4), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten()
-        )
-        self.head = nn.Linear(width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-class ToyModule(L.LightningModule):
-    kind = "toy_presence"
-
-    def __init__(
-        self,
-        class_names: list[str],
-        optimizer: Any = None,
-        scheduler: Any = None,
-        monitor: str = "val/accuracy",
-    ):
-        super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.net = ToyNet(len(class_names))
-
-    @staticmethod
-    def presence(targets: list[dict], k: int) -> torch.Tensor:
-        out = torch.zeros(len(targets), k)
-        for i, t in enumerate(targets):
-            out[i, t["labels"] - 1] = 1.0
-        return out
-
-    def _step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images, targets = batch
-        x = torch.stack([F_resize(i) for i in images])
-        logits = self.net(x)
-        truth = self.presence(targets, logits.shape[1])
-        return nn.functional.binary_cross_entropy_with_logits(logits, truth), logits, truth
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss, _, _ = self._step(batch)
-        self.log("train/loss", loss, batch_size=len(batch[0]))
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        _, logits, truth = self._step(batch)
-        accuracy = ((logits > 0).float() == truth).float().mean()
-        self.log("val/accuracy", accuracy, batch_size=len(batch[0]))
-
-    def configure_optimizers(self) -> dict:
-        return configure_optimizers(
-            self, self.parameters(), self.optimizer_factory, self.scheduler_factory
-        )
+@pytest.mark.parametrize("name", sorted(KIND_PACKAGES))
+def test_every_kind_folder_has_the_same_parts_and_its_name(name: str) -> None:
+    package = KIND_PACKAGES[name]
+    folder = Path(__import__(package, fromlist=["kind"]).__file__).parent
+    missing = [p for p in KIND_PARTS if not (folder / f"{p}.py").is_file()]
+    assert not missing, f"{folder} lacks {missing}"
+    kind = kind_in_package(package)
+    assert kind.name == folder.name == name
+    modules = __import__(f"{package}.module", fromlist=["*"])
+    lightning = [
+        v
+        for v in vars(modules).values()
+        if isinstance(v, type) and v.__module__ == modules.__name__ and hasattr(v, "training_step")
+    ]
+    assert len(lightning) == 1, f"{package}.module: one LightningModule, found {lightning}"
+    assert kind_of(lightning[0]) is kind
 
 
-def F_resize(image: torch.Tensor) -> torch.Tensor:  # noqa: N802 - mirrors torch's F.*
-    """Every image to 64x64, inside the network's view (the predictor does the same)."""
-    return nn.functional.interpolate(image[None], size=(64, 64), mode="bilinear")[0]
+def test_builtin_kinds_are_found_without_a_table() -> None:
+    assert set(builtin_kinds()) == {"fasterrcnn", "gated", "yolo"}
+    assert "detection" not in builtin_kinds()  # the box kinds' shared parts, not a kind
 
 
-@dataclass
-class Presence:
-    """Which classes the image shows, with their probabilities."""
-
-    probs: np.ndarray
-    class_names: list[str]
-    threshold: float
-
-    @property
-    def present(self) -> list[str]:
-        return [n for n, p in zip(self.class_names, self.probs, strict=True) if p >= self.threshold]
-
-    def record(self) -> dict[str, Any]:
-        return {"present": self.present, "probs": [float(p) for p in self.probs]}
-
-    def table(self) -> tuple[list[str], list[tuple[int, list[Any]]]]:
-        return ["class", "probability"], [
-            (k, [n, f"{p:.3f}"])
-            for k, (n, p) in enumerate(zip(self.class_names, self.probs, strict=True))
-        ]
-
-    def headline(self) -> str:
-        return f"Present: {', '.join(self.present) or 'none'}."
-
-    def overlay(self, image: np.ndarray) -> np.ndarray:
-        return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image.copy()
+def test_older_bundles_names_are_aliases() -> None:
+    assert get_kind("detector") is get_kind("fasterrcnn")
+    assert get_kind("gated_segmentation") is get_kind("segmenter") is get_kind("gated")
 
 
-class ToyPredictor(Predictor):
-    kind = "toy_presence"
-    main_threshold = "presence"
-
-    def __init__(self, meta: dict[str, Any], runner: Any, backend: str = "eager"):
-        super().__init__(meta, backend)
-        self.runner = runner
-
-    @torch.inference_mode()
-    def predict_batch(self, images: Sequence[Any]) -> list[Presence]:
-        x = torch.stack([F_resize(to_tensor(self.decode(i))) for i in images])
-        probs = torch.sigmoid(self.runner(x)).numpy()
-        return [Presence(p, self.class_names, float(self.thresholds["presence"])) for p in probs]
+def test_a_module_outside_a_kind_folder_is_refused() -> None:
+    with pytest.raises(ValueError, match="lives in <kind folder>/module.py"):
+        kind_of(Image.Image())
 
 
-class OnnxRunner:
-    def __init__(self, path: Path):
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {"image": x.numpy()})[0])
-
-
-class ToyKind(ModelKind):
-    name = "toy_presence"
-    predictor_class = ToyPredictor
-
-    def bundle_from_module(self, module: Any, cfg: Any) -> dict[str, Any]:
-        names = list(module.hparams.class_names)
-        return {
-            "model": {"kind": self.name, "kwargs": {"num_classes": len(names)}},
-            "state_dict": module.net.state_dict(),
-            "class_names": names,
-            "thresholds": {"presence": 0.5},
-            "input": {"channels": 1},
-        }
-
-    def build_network(self, kwargs: dict[str, Any]) -> nn.Module:
-        return ToyNet(**kwargs)
-
-    def predictor(self, bundle: dict[str, Any], device: str = "cpu") -> ToyPredictor:
-        return ToyPredictor(bundle_meta(bundle), self.network(bundle))
-
-    def export_graphs(self, bundle: dict[str, Any], folder: Path) -> dict[str, Any]:
-        torch.onnx.export(
-            self.network(bundle),
-            (torch.rand(1, 1, 64, 64),),
-            str(folder / "toy.onnx"),
-            input_names=["image"],
-            dynamic_axes={"image": {0: "batch"}},
-            dynamo=False,
-        )
-        return {"graphs": ["toy.onnx"]}
-
-    def onnx_predictor(self, folder: Path, manifest: dict[str, Any], threads: int = 0) -> Any:
-        return ToyPredictor(manifest["bundle"], OnnxRunner(folder / "toy.onnx"), "onnx")
-
-    def evaluate(self, predictor: Any, datamodule: Any, split: str) -> Report:
-        samples = datamodule.eval_samples(split)
-        results = predictor.predict_batch([s.image for s in samples])
-        correct = [
-            set(r.present) == {predictor.class_names[c] for c in datamodule.truth(s)["class_ids"]}
-            for s, r in zip(samples, results, strict=True)
-        ]
-        prefix = split_prefix(split)
-        return Report({f"{prefix}/exact_match": float(np.mean(correct))}, prefix)
-
-    def write_report(self, report: Report, class_names, metrics_json, plots_dir) -> list[Path]:
-        return [write_metrics_json(report.metrics, report.prefix, metrics_json)]
+def test_an_installed_package_names_its_kind_by_entry_point(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plugin = EntryPoint(name="toy_presence", value=TOY, group=kinds.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(kinds, "entry_points", lambda group: [plugin])
+    monkeypatch.delitem(kinds._KINDS, "toy_presence", raising=False)
+    assert get_kind("toy_presence").name == "toy_presence"
+    monkeypatch.setattr(kinds, "entry_points", lambda group: [])
+    monkeypatch.delitem(kinds._KINDS, "toy_presence")
+    with pytest.raises(ValueError, match="unknown model kind 'toy_presence'"):
+        get_kind("toy_presence")
 
 
 @pytest.fixture(scope="module")
 def toy_run(weld_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    register(ToyKind())
     out = tmp_path_factory.mktemp("toy")
     cfg = compose_config(weld_overrides(weld_root, out))
     with open_dict(cfg):
         cfg.model = OmegaConf.create(
             {
-                "_target_": f"{__name__}.ToyModule",
+                "_target_": f"{TOY}.module.ToyModule",
                 "class_names": "${class_names}",
                 "optimizer": "${optimizer}",
                 "scheduler": "${scheduler}",
@@ -216,7 +95,7 @@ def toy_run(weld_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"out": out, "cfg": cfg, "metrics": metrics}
 
 
-def test_a_registered_kind_goes_through_every_entry_point(
+def test_a_kind_folder_goes_through_every_entry_point(
     toy_run: dict, weld_root: Path, tmp_path: Path
 ) -> None:
     from defects.cli import export, predict
@@ -265,6 +144,18 @@ def test_a_registered_kind_goes_through_every_entry_point(
         content_type="multipart/form-data",
     )
     assert page.status_code == 200 and "probability" in page.get_data(as_text=True)
+
+    # The live stream: the toy's results draw and count themselves (a failure is a lost frame).
+    frame = np.repeat(np.asarray(Image.open(path).convert("L"))[:, :, None], 3, axis=2)
+    video = write_video(tmp_path / "line.mp4", [frame] * 12, fps=12.0)
+    with LiveStream(onnx, StreamConfig(source=str(video), loop=False, realtime=False)) as live:
+        deadline = time.monotonic() + 30
+        while live.stats.published < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats, latest = live.snapshot(), live.latest()
+    assert stats["frames"]["published"] >= 5 and stats["frames"]["errors"] == 0, stats
+    assert set(stats["detections"]["total"]) <= set(onnx.class_names)
+    assert latest is not None and Image.open(io.BytesIO(latest.jpeg)).size == Image.open(path).size
 
 
 def test_unknown_kind_names_the_known_ones() -> None:

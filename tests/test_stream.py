@@ -64,11 +64,10 @@ class SquareDetector(Predictor):
     does), so a benchmark can give the toy a model's cost.
     """
 
-    kind = "toy_square"
-
     def __init__(self, delay_s: float = 0.0, score: float = 0.9):
         meta = {
             "task": "toy_square",
+            "model": {"kind": "toy_square"},
             "class_names": ["defect", "other"],
             "input": {"channels": 3},
             "thresholds": {"score": 0.5},

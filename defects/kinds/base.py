@@ -2,8 +2,9 @@
 
 Entry points (`train`, `evaluate`, `predict`, `export`, `serve`) hold no "which kind is
 this?": they look the kind up in the registry (`defects.kinds.get_kind`) by the name a
-LightningModule or a bundle carries, and call these methods. A new kind subclasses
-`ModelKind` and `Predictor`, registers itself, and every verb works for it.
+bundle carries, or `kind_of(lightning_module)`, and call these methods. A new kind is a
+folder with the parts in `KIND_PARTS`; its `kind.py` subclasses `ModelKind` and `Predictor`
+(or reuses a shared predictor), and every verb works for it.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from omegaconf import DictConfig
@@ -27,6 +29,41 @@ log = logging.getLogger("defects")
 
 EXPORT_MANIFEST = "export.json"
 EXPORT_FORMAT = "defects-export"
+#: the files every kind folder holds (see `defects.kinds`)
+KIND_PARTS = ("kind", "module", "net", "predictor", "export")
+#: images per forward pass when nothing says otherwise: a few share one call, memory stays small
+BATCH_SIZE = 4
+
+T = TypeVar("T")
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of `size` consecutive items (the last may be shorter); `itertools.batched` is
+    Python 3.12+."""
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+class EvalSample(Protocol):
+    """One stored image of a split; the kind decodes it through its predictor."""
+
+    @property
+    def image(self) -> Path: ...
+
+
+class EvalData(Protocol):
+    """What a kind needs from a DataModule to tune and evaluate on the stored images.
+
+    `truth` is the kind's own ground truth of a sample: {boxes, class_ids} for box kinds,
+    [K, H, W] bool masks for segmentation. `save_preview` draws a few samples for `prepare`.
+    """
+
+    def eval_samples(self, split: str) -> Sequence[EvalSample]: ...
+
+    def truth(self, sample: Any) -> Any: ...
+
+    def save_preview(self, out_png: Path, split: str = "train") -> Path: ...
 
 
 def split_prefix(split: str) -> str:
@@ -41,8 +78,7 @@ class Predictor(ABC):
     so an ONNX export and the eager bundle build the same predictor.
     """
 
-    kind: str = ""
-    #: the threshold `defects predict --threshold` overrides
+    #: the threshold `--threshold` / `--confidence` override, and `Result.above` cuts at
     main_threshold: str = "score"
 
     def __init__(self, meta: dict[str, Any], backend: str = "eager"):
@@ -57,6 +93,12 @@ class Predictor(ABC):
                     f"bundle thresholds lack '{key}' (have {sorted(self.thresholds)}): "
                     "retrain or add it to the bundle"
                 )
+
+    @property
+    def kind(self) -> str:
+        """The model kind's name, as the bundle records it (`defects.load` records the
+        current name where an older bundle carries an alias)."""
+        return str(self.meta["model"]["kind"])
 
     @property
     def task(self) -> str:
@@ -79,6 +121,26 @@ class Predictor(ABC):
 
     def predict(self, image: Any) -> Result:
         return self.predict_batch([image])[0]
+
+    def predict_many(
+        self,
+        images: Iterable[Any],
+        batch_size: int = BATCH_SIZE,
+        step: Callable[[list[np.ndarray]], Sequence[T]] | None = None,
+    ) -> Iterator[tuple[np.ndarray, T]]:
+        """(decoded image, result) for each image in order, `batch_size` per forward pass.
+
+        The library's one batching loop (predict, prelabel, evaluation, tuning, pipe): each
+        image is decoded once and the array is yielded beside its result, for overlays and
+        truth. `step` replaces `predict_batch` where a caller needs the raw outputs (every
+        detection for mAP, ungated probabilities for threshold tuning).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        run = step if step is not None else self.predict_batch
+        for batch in batched(images, batch_size):
+            arrays = [self.decode(image) for image in batch]
+            yield from zip(arrays, run(arrays), strict=True)
 
 
 @dataclass
@@ -122,19 +184,43 @@ class PredictionWriter:
 
 
 class ModelKind(ABC):
-    """One kind of model: how it trains, finishes, evaluates, predicts and exports."""
+    """One kind of model: how it trains, finishes, evaluates, predicts and exports.
+
+    Its name is the folder its `kind.py` lives in (`defects/kinds/yolo/kind.py` -> "yolo");
+    `aliases` are names older bundles carry. A kind defined outside such a folder (a test's
+    throwaway kind) sets `name` itself.
+    """
 
     name: str = ""
     aliases: tuple[str, ...] = ()
-    predictor_class: type[Predictor]
     writer_class: type[PredictionWriter] = PredictionWriter
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        package, _, module = cls.__module__.rpartition(".")
+        if "name" not in cls.__dict__ and module == "kind" and package:
+            cls.name = package.rpartition(".")[2]
+
+    def __init__(self) -> None:
+        if not self.name:
+            raise ValueError(
+                f"{type(self).__qualname__}: a model kind is named by its folder "
+                "(<name>/kind.py) or by a `name` class attribute"
+            )
 
     # ------------------------------------------------------------------ training
     @abstractmethod
     def bundle_from_module(self, module: Any, cfg: DictConfig) -> dict[str, Any]:
-        """A bundle dict (see `defects.bundle.save_bundle`) of a trained LightningModule."""
+        """The bundle (see `defects.bundle.save_bundle`) of a trained LightningModule, less
+        `model.kind`, which `bundle` adds."""
 
-    def tune(self, bundle: dict[str, Any], datamodule: Any) -> dict[str, Any]:
+    def bundle(self, module: Any, cfg: DictConfig) -> dict[str, Any]:
+        """`bundle_from_module` with the kind's name recorded (what `get_kind` reads back)."""
+        bundle = self.bundle_from_module(module, cfg)
+        bundle["model"] = {"kind": self.name, **bundle["model"]}
+        return bundle
+
+    def tune(self, bundle: dict[str, Any], datamodule: EvalData) -> dict[str, Any]:
         """Thresholds for the bundle, tuned on validation; the default keeps the configured."""
         return bundle["thresholds"]
 
@@ -165,7 +251,7 @@ class ModelKind(ABC):
     #: and `write_report(report, class_names, metrics_json, plots_dir) -> [paths]`
     evaluation: Any = None
 
-    def evaluate(self, predictor: Predictor, datamodule: Any, split: str) -> Report:
+    def evaluate(self, predictor: Predictor, datamodule: EvalData, split: str) -> Report:
         """Score `split` from the predictor's own outputs at original resolution."""
         return self.evaluation.evaluate(predictor, datamodule, split)
 

@@ -21,14 +21,13 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from defects.formats.errors import FormatError
 from defects.formats.io import atomic_directory
 from defects.formats.layout import SPLITS, is_image_file
-from defects.formats.mask_folder import write_index_mask
+from defects.formats.mask_folder import mask_components, write_index_mask
 from defects.formats.yolo import YoloBox, read_class_names, read_yolo_labels
 
 __all__ = [
@@ -136,12 +135,6 @@ def coarse_masks(
 
 
 # --------------------------------------------------------------------------- masks -> boxes
-
-
-def mask_components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
-    """(x, y, w, h, area) of each 8-connected component of a bool mask."""
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    return [tuple(int(v) for v in stats[i]) for i in range(1, n)]  # type: ignore[misc]
 
 
 def boxes_from_index_mask(mask: np.ndarray) -> list[YoloBox]:

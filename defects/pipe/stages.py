@@ -44,7 +44,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -67,6 +67,9 @@ from defects.pipe.refine import (
 )
 from defects.runtime import has_target, offline_environment, restore_tracking_env
 
+if TYPE_CHECKING:
+    from defects.kinds.gated.predictor import SegmentationPredictor
+
 log = logging.getLogger("defects")
 
 __all__ = [
@@ -86,7 +89,6 @@ __all__ = [
 BASELINE = "baseline"  # the model of pipe.models the table's "baseline" column reads
 TRAINING_MASKS = {"box": "coarse_masks", "grabcut": "grabcut_masks", "refined": "refined_masks"}
 REFINE_OUTPUTS = ("refined_masks", "grabcut_masks")
-PREDICT_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -322,20 +324,24 @@ def final_stage(cfg: DictConfig) -> dict[str, dict[str, float]]:
 # --------------------------------------------------------------------------- refinement
 
 
-def _load_predictor(bundle: Path) -> Any:
+def _load_predictor(bundle: Path) -> SegmentationPredictor:
+    """The segmentation predictor of a pipe model; any other kind is refused by name."""
     import defects
+    from defects.kinds.gated.predictor import SegmentationPredictor
 
     if not bundle.is_file():
         raise FileNotFoundError(f"{bundle}: model bundle not found (run the stage that trains it)")
-    return defects.load(bundle)
-
-
-def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+    predictor = defects.load(bundle)
+    if not isinstance(predictor, SegmentationPredictor):
+        raise ValueError(
+            f"{bundle}: a {predictor.kind} model; the pipe's models are gated segmenters "
+            "(model=steel in the pipe config)"
+        )
+    return predictor
 
 
 def _box_probabilities(
-    predictors: Sequence[Any],
+    predictors: Sequence[SegmentationPredictor],
     image: np.ndarray,
     boxes: Sequence[Any],
     size: int,
@@ -356,11 +362,9 @@ def _box_probabilities(
             )
     for k, items in by_class.items():
         crops = [crop_image(image, window, size) for _, _, window in items]
-        for indices, _, probs in predictors[k].probabilities(crops, gated=False):
-            for j, index in enumerate(indices):
-                i, rect, window = items[index]
-                prob = uncrop(probs[j, 0].numpy(), window, rect)
-                out[i] = (prob >= cuts[k]).astype(np.float32) if cuts is not None else prob
+        for (i, rect, window), (_, probs) in zip(items, predictors[k].ungated(crops), strict=True):
+            prob = uncrop(probs[0].numpy(), window, rect)
+            out[i] = (prob >= cuts[k]).astype(np.float32) if cuts is not None else prob
     return out
 
 
@@ -426,20 +430,11 @@ def _read_masks(folder: Path, stems: Sequence[str], num_classes: int) -> list[np
     return [read_index_mask(folder / f"{stem}.png", num_classes) for stem in stems]
 
 
-def _predict_split(
-    predict: Callable[[Sequence[Path]], list[np.ndarray]], images: Sequence[Path], out: Path
-) -> None:
+def _predict_split(predictor: SegmentationPredictor, images: Sequence[Path], out: Path) -> None:
     """Write each image's predicted index mask to ``out/<stem>.png`` (folder swapped whole)."""
     with atomic_directory(out) as tmp:
-        for chunk in _chunks(images, PREDICT_BATCH):
-            for path, mask in zip(chunk, predict(chunk), strict=True):
-                write_index_mask(tmp / f"{path.stem}.png", mask)
-
-
-def _model_predict(predictor: Any) -> Callable[[Sequence[Path]], list[np.ndarray]]:
-    from defects.kinds.gated import index_mask
-
-    return lambda paths: [index_mask(r.masks) for r in predictor.predict_batch(list(paths))]
+        for path, (_, result) in zip(images, predictor.predict_many(images), strict=True):
+            write_index_mask(tmp / f"{path.stem}.png", result.index_mask())
 
 
 def _fmt(value: float | None, sign: bool = False, percent: bool = False) -> str:
@@ -508,13 +503,13 @@ def evaluate_stage(cfg: DictConfig) -> dict:
     images = list_images(p.clean / split / "images")
     stems = [i.stem for i in images]
     truth = _read_masks(p.clean / split / "true_masks", stems, k)
-    predictors: dict[str, Callable[[Sequence[Path]], list[np.ndarray]]] = {}
-    for model in cfg.pipe.models:
-        predictors[str(model)] = _model_predict(_load_predictor(p.model(str(model)) / "bundle.pt"))
+    predictors = {
+        str(model): _load_predictor(p.model(str(model)) / "bundle.pt") for model in cfg.pipe.models
+    }
     models = {}
-    for model, predict in predictors.items():
+    for model, predictor in predictors.items():
         out = p.predictions(model, split)
-        _predict_split(predict, images, out)
+        _predict_split(predictor, images, out)
         pred = _read_masks(out, stems, k)  # the IoU of what was written
         models[model] = _per_class(mask_iou_per_class(pred, truth, k), names)
     report = {

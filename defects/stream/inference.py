@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -18,32 +17,19 @@ import cv2
 import numpy as np
 
 from defects.kinds.base import Predictor
-from defects.results import Detections, Result
+from defects.results import Result
 from defects.stream.broadcast import Broadcaster
 from defects.stream.slot import LatestSlot
 from defects.stream.stats import StreamStats
 
-__all__ = ["InferenceLoop", "class_counts", "encode_jpeg", "apply_confidence"]
+__all__ = ["InferenceLoop", "encode_jpeg", "apply_confidence"]
 
 log = logging.getLogger("defects")
 
 
 def apply_confidence(result: Result, confidence: float | None) -> Result:
-    """Detections below `confidence` dropped; other results (masks) as they are."""
-    if confidence is not None and isinstance(result, Detections):
-        return result.above(confidence)
-    return result
-
-
-def class_counts(result: Any) -> dict[str, int]:
-    """Per-class count of one result: boxes per label, or 1 per class a mask shows."""
-    labels = getattr(result, "labels", None)
-    if labels is not None:
-        return dict(Counter(str(label) for label in labels))
-    present = getattr(result, "present", None)
-    if present is not None:
-        return {str(name): 1 for name in present}
-    return {}
+    """The result cut at `confidence` (a box's score, a segmenter's gate); None: as it is."""
+    return result if confidence is None else result.above(confidence)
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 80) -> bytes:
@@ -120,4 +106,4 @@ class InferenceLoop:
                     )
                 continue
             self.broadcaster.publish(jpeg, frame.captured)
-            self.stats.frame_published(frame.captured, class_counts(result))
+            self.stats.frame_published(frame.captured, result.counts())

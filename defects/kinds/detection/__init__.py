@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from defects.kinds.base import ModelKind, PredictionWriter
+from defects.kinds.base import EvalData, ModelKind, PredictionWriter
 from defects.kinds.detection import evaluate as evaluation
 from defects.kinds.detection.predictor import DetectionPredictor
 
@@ -26,10 +26,9 @@ class BoxKind(ModelKind):
     """A kind whose predictor returns boxes; subclasses give the network and the runner."""
 
     evaluation = evaluation
-    predictor_class = DetectionPredictor
     writer_class = DetectionWriter
 
-    def tune(self, bundle: dict[str, Any], datamodule: Any) -> dict[str, Any]:
+    def tune(self, bundle: dict[str, Any], datamodule: EvalData) -> dict[str, Any]:
         thresholds, f1 = evaluation.tune(self.predictor(bundle), datamodule)
         log.info("tuned score threshold %.2f (val F1 %.4f)", thresholds["score"], f1)
         return thresholds

@@ -8,13 +8,14 @@ threshold. Both are outputs of the same predictor on the original images, so
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from defects.kinds.base import Report, split_prefix
+from defects.kinds.base import EvalData, EvalSample, Report, split_prefix
 from defects.kinds.detection.predictor import DetectionPredictor
 from defects.metrics.detection import (
     confusion_matrix,
@@ -26,8 +27,6 @@ from defects.metrics.detection import (
 )
 from defects.reports import write_confusion_matrix, write_metrics_json, write_pr_curves
 from defects.results import Detections
-
-EVAL_BATCH = 4
 
 
 def as_target(det: Detections) -> dict[str, torch.Tensor]:
@@ -76,18 +75,21 @@ def score_detections(
 SCORE_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 ... 0.95
 
 
-def tune(predictor: DetectionPredictor, datamodule: Any) -> tuple[dict[str, Any], float]:
+def ranked_detections(
+    predictor: DetectionPredictor, samples: Sequence[EvalSample]
+) -> Iterator[tuple[np.ndarray, Detections]]:
+    """(decoded image, every detection the network keeps) of each sample, in order."""
+    return predictor.predict_many([s.image for s in samples], step=predictor.detect_all)
+
+
+def tune(predictor: DetectionPredictor, datamodule: EvalData) -> tuple[dict[str, Any], float]:
     """The score threshold with the best validation F1 (IoU 0.5): what `predict` cuts at.
 
     mAP does not depend on it; precision and recall of the delivered boxes do, and a fixed
     0.5 is arbitrary for a model trained from scratch. Ties keep the higher threshold.
     """
     samples = datamodule.eval_samples("valid")
-    ranked = [
-        det
-        for start in range(0, len(samples), EVAL_BATCH)
-        for det in predictor.detect_all([s.image for s in samples[start : start + EVAL_BATCH]])
-    ]
+    ranked = [det for _, det in ranked_detections(predictor, samples)]
     truths = [datamodule.truth(s) for s in samples]
     targets = [
         {
@@ -108,7 +110,7 @@ def tune(predictor: DetectionPredictor, datamodule: Any) -> tuple[dict[str, Any]
 
 
 def evaluate(
-    predictor: DetectionPredictor, datamodule: Any, split: str, n_samples: int = 8
+    predictor: DetectionPredictor, datamodule: EvalData, split: str, n_samples: int = 8
 ) -> Report:
     """COCO mAP, P/R/F1 at the score threshold, PR curves and a few pictures of `split`."""
     prefix = split_prefix(split)
@@ -116,27 +118,23 @@ def evaluate(
     ranked: list[Detections] = []
     truths: list[dict[str, np.ndarray]] = []
     pictures = []
-    for start in range(0, len(samples), EVAL_BATCH):
-        batch = samples[start : start + EVAL_BATCH]
-        images = [predictor.decode(s.image) for s in batch]
-        found = predictor.detect_all(images)
-        for sample, image, det in zip(batch, images, found, strict=True):
-            truth = datamodule.truth(sample)
-            ranked.append(det)
-            truths.append(truth)
-            if len(pictures) < n_samples:
-                shown = det.above(predictor.score_threshold)
-                pictures.append(
-                    (
-                        image,
-                        truth,
-                        {
-                            "boxes": shown.boxes,
-                            "class_ids": shown.class_ids.tolist(),
-                            "scores": shown.scores.tolist(),
-                        },
-                    )
+    for sample, (image, det) in zip(samples, ranked_detections(predictor, samples), strict=True):
+        truth = datamodule.truth(sample)
+        ranked.append(det)
+        truths.append(truth)
+        if len(pictures) < n_samples:
+            shown = det.above(predictor.score_threshold)
+            pictures.append(
+                (
+                    image,
+                    truth,
+                    {
+                        "boxes": shown.boxes,
+                        "class_ids": shown.class_ids.tolist(),
+                        "scores": shown.scores.tolist(),
+                    },
                 )
+            )
     metrics, curves = score_detections(
         ranked, truths, predictor.class_names, predictor.score_threshold, prefix
     )

@@ -21,15 +21,12 @@ Runner = Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]]
 class DetectionPredictor(Predictor):
     """`predict(image)` -> Detections scoring at least `thresholds["score"]`."""
 
-    kind = "fasterrcnn"
     main_threshold = "score"
 
     def __init__(
         self, meta: dict[str, Any], runner: Runner, backend: str = "eager", device: str = "cpu"
     ):
         super().__init__(meta, backend)
-        # One box predictor serves every box kind (Faster R-CNN, YOLO): the bundle says which.
-        self.kind = str(meta.get("model", {}).get("kind", self.kind))
         self.runner = runner
         self.device = device
 

@@ -1,63 +1,7 @@
 """The Faster R-CNN kind (torchvision): weld radiographs, NEU-DET, any YOLO-layout boxes.
 
-net.py (Detector), module.py (DetectionModule), onnx.py; the predictor and evaluation are
+kind.py (the bundle, predictor and export of this kind), net.py (Detector), module.py
+(DetectionModule), predictor.py (the ONNX runner; eager runs the Detector itself),
+export.py (the traceable copy and its ONNX graph). Prediction, evaluation and reports are
 the box kinds' shared ones (`defects.kinds.detection`).
 """
-
-from __future__ import annotations
-
-import logging
-from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig
-
-from defects.kinds import register
-from defects.kinds.base import bundle_meta, input_channels
-from defects.kinds.detection import BoxKind, DetectionPredictor
-
-log = logging.getLogger("defects")
-
-
-class FasterRCNNKind(BoxKind):
-    name = "fasterrcnn"
-
-    def bundle_from_module(self, module: Any, cfg: DictConfig) -> dict[str, Any]:
-        hp = module.hparams
-        return {
-            "model": {
-                "kind": self.name,
-                "kwargs": {"num_classes": len(hp.class_names) + 1, **hp.net},
-            },
-            "state_dict": module.detector.state_dict(),
-            "class_names": list(hp.class_names),
-            "thresholds": {"score": float(hp.score_threshold)},
-            "input": {"channels": int(cfg.data.channels)},
-        }
-
-    def build_network(self, kwargs: dict[str, Any]) -> Any:
-        from defects.kinds.fasterrcnn.net import Detector
-
-        return Detector(**kwargs)
-
-    def predictor(self, bundle: dict[str, Any], device: str = "cpu") -> DetectionPredictor:
-        net = self.network(bundle).to(device)
-        return DetectionPredictor(bundle_meta(bundle), net, "eager", device)
-
-    def export_graphs(self, bundle: dict[str, Any], folder: Path) -> dict[str, Any]:
-        from defects.kinds.fasterrcnn.onnx import export_detector
-
-        channels = input_channels(bundle)
-        export_detector(self.network(bundle), folder / "detector.onnx", channels)
-        return {"graphs": ["detector.onnx"]}
-
-    def onnx_predictor(
-        self, folder: Path, manifest: dict[str, Any], threads: int = 0
-    ) -> DetectionPredictor:
-        from defects.kinds.fasterrcnn.onnx import OnnxDetector
-
-        runner = OnnxDetector(folder / "detector.onnx", threads)
-        return DetectionPredictor(manifest["bundle"], runner, "onnx")
-
-
-KIND = register(FasterRCNNKind())

@@ -22,8 +22,6 @@ from defects.metrics.detection import make_map_metric, summarize_map
 class DetectionModule(L.LightningModule):
     """Faster R-CNN training with the shared optimizer/schedule partials, and COCO mAP."""
 
-    kind = "fasterrcnn"
-
     def __init__(
         self,
         class_names: list[str],

@@ -14,13 +14,11 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_precision_recall_curve
 
-from defects.kinds.base import Report, split_prefix
+from defects.kinds.base import EvalData, Report, split_prefix
 from defects.kinds.gated.predictor import SegmentationPredictor
 from defects.kinds.gated.thresholds import ThresholdSearch, gate_scores
 from defects.metrics.segmentation import SeverstalDice
 from defects.reports import write_metrics_json, write_pr_curves
-
-EVAL_BATCH = 4
 
 
 def gate_pr_curve(gate: torch.Tensor, truth: torch.Tensor) -> list[dict]:
@@ -35,42 +33,35 @@ def gate_pr_curve(gate: torch.Tensor, truth: torch.Tensor) -> list[dict]:
     ]
 
 
-def _batches(predictor: SegmentationPredictor, datamodule: Any, split: str):
-    """(decoded images, truth masks [K, H, W] bool) of `split`, EVAL_BATCH at a time."""
-    samples = datamodule.eval_samples(split)
-    for start in range(0, len(samples), EVAL_BATCH):
-        batch = samples[start : start + EVAL_BATCH]
-        yield [predictor.decode(s.image) for s in batch], [datamodule.truth(s) for s in batch]
-
-
-def tune(predictor: SegmentationPredictor, datamodule: Any) -> tuple[dict[str, Any], float]:
+def tune(predictor: SegmentationPredictor, datamodule: EvalData) -> tuple[dict[str, Any], float]:
     """Gate, per-class pixel thresholds and minimum areas with the best validation Dice."""
     search = ThresholdSearch()
-    for images, truths in _batches(predictor, datamodule, "valid"):
-        for indices, gate, probs in predictor.probabilities(images, gated=False):
-            truth = torch.from_numpy(np.stack([truths[i] for i in indices]))
-            search.update(gate, probs, truth)
+    samples = datamodule.eval_samples("valid")
+    outputs = predictor.predict_many([s.image for s in samples], step=predictor.ungated)
+    for sample, (_, (gate, probs)) in zip(samples, outputs, strict=True):
+        truth = torch.from_numpy(datamodule.truth(sample))
+        search.update(gate[None], probs[None], truth[None])
     thresholds, dice = search.best()
     return thresholds.as_dict(), dice
 
 
 def evaluate(
-    predictor: SegmentationPredictor, datamodule: Any, split: str, n_samples: int = 4
+    predictor: SegmentationPredictor, datamodule: EvalData, split: str, n_samples: int = 4
 ) -> Report:
     """Kaggle Dice (all pairs, defective pairs, per class) and gate scores of `split`."""
     prefix = split_prefix(split)
     dice = SeverstalDice(predictor.class_names)
     gates, present = [], []
     pictures: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for images, truths in _batches(predictor, datamodule, split):
-        for image, truth, result in zip(
-            images, truths, predictor.predict_batch(images), strict=True
-        ):
-            dice.update(torch.from_numpy(result.masks)[None], torch.from_numpy(truth)[None])
-            gates.append(result.gate)
-            present.append(bool(truth.any()))
-            if len(pictures) < n_samples:
-                pictures.append((image, truth, result.masks))
+    samples = datamodule.eval_samples(split)
+    results = predictor.predict_many([s.image for s in samples])
+    for sample, (image, result) in zip(samples, results, strict=True):
+        truth = datamodule.truth(sample)
+        dice.update(torch.from_numpy(result.masks)[None], torch.from_numpy(truth)[None])
+        gates.append(result.gate)
+        present.append(bool(truth.any()))
+        if len(pictures) < n_samples:
+            pictures.append((image, truth, result.masks))
     metrics = {f"{prefix}/{k}": float(v) for k, v in dice.compute().items()}
     gate_all, truth_all = np.asarray(gates), np.asarray(present)
     scores = gate_scores(gate_all, truth_all, predictor.tuned.gate)

@@ -90,8 +90,6 @@ class GateRecords(Metric):
 class SegmentationModule(L.LightningModule):
     """Trains any `Segmenter` design; plain-value hyper-parameters only."""
 
-    kind = "gated_segmentation"
-
     def __init__(
         self,
         class_names: list[str],

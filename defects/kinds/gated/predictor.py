@@ -39,7 +39,6 @@ def exclusive_probabilities(probs: torch.Tensor) -> torch.Tensor:
 class SegmentationPredictor(Predictor):
     """`predict(image)` -> SegmentationResult through the gated flow and tuned thresholds."""
 
-    kind = "gated_segmentation"
     main_threshold = "gate"
 
     def __init__(
@@ -79,6 +78,14 @@ class SegmentationPredictor(Predictor):
             if self.exclusive:
                 probs = exclusive_probabilities(probs)
             yield indices, gate.cpu(), probs.cpu()
+
+    def ungated(self, images: Sequence[np.ndarray]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(gate [K], probabilities [K, H, W]) of each image, every image segmented whatever
+        its gate: what threshold tuning and the pipe's refinement read."""
+        found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for indices, gate, probs in self.probabilities(images, gated=False):
+            found.update(zip(indices, zip(gate, probs, strict=True), strict=True))
+        return [found[i] for i in range(len(images))]
 
     def predict_batch(self, images: Sequence[Any]) -> list[SegmentationResult]:
         """Images of one size go through as one batch; others one group at a time."""

@@ -20,14 +20,12 @@ import torch
 from defects.kinds.yolo import adapter
 from defects.kinds.yolo.boxes import letterbox
 from defects.kinds.yolo.net import YoloNet
+from defects.kinds.yolo.predictor import POSTPROCESS_KEYS, YoloRunner
 from defects.kinds.yolo.recipe import ModelEMA, Warmup, parameter_groups
-from defects.kinds.yolo.runner import POSTPROCESS_KEYS, YoloRunner
 from defects.metrics.detection import make_map_metric, summarize_map
 
 
 class YoloModule(L.LightningModule):
-    kind = "yolo"
-
     def __init__(
         self,
         class_names: list[str],

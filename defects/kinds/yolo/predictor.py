@@ -52,30 +52,3 @@ class OnnxNetwork:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         (raw,) = self.session.run(None, {self.input: np.ascontiguousarray(x.numpy())})
         return torch.from_numpy(raw)
-
-
-def export_yolo(
-    net: torch.nn.Module, path: Path, channels: int, size: int, dynamic: bool = False
-) -> Path:
-    """Trace the (fused) network at the letterbox size; `dynamic` keeps height and width free
-    (the rectangular letterbox feeds any multiple of the stride up to `size`)."""
-    import copy
-
-    net = copy.deepcopy(net).eval()
-    net.fuse()
-    net.export_mode(True, dynamic=dynamic)
-    dummy = torch.rand(1, channels, size, size)
-    axes = {"images": {2: "height", 3: "width"}, "raw": {2: "anchors"}} if dynamic else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(
-            net,
-            (dummy,),
-            str(path),
-            input_names=["images"],
-            output_names=["raw"],
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
-        )
-    return path
