@@ -104,3 +104,37 @@ def steel_overrides(data_root: Path, out_dir: Path) -> list[str]:
         f"paths.data_dir={data_root}",
         *(f"paths.{key}={out_dir / key}" for key in ("model_dir", "metrics_dir", "plots_dir")),
     ]
+
+
+def report_metrics(
+    path: Path, prefix: str, nest: dict[str, str], extra: Sequence[str] = ()
+) -> dict[str, float]:
+    """A metrics JSON (`defects.reports.write_metrics_json`) read back as the `{prefix}/name`
+    numbers it was written from: per-class groups unfolded (`nest`: JSON key -> metric group,
+    e.g. {"AP": "AP"}), `extra` keys (thresholds) left out. Lets a test compare a report with
+    what the run returned, key by key, instead of checking that a number is a number."""
+    import json
+
+    flat: dict[str, float] = {}
+    for key, value in json.loads(path.read_text()).items():
+        if key in extra:
+            continue
+        if key in nest:
+            flat.update({f"{prefix}/{nest[key]}/{leaf}": v for leaf, v in value.items()})
+        else:
+            flat[f"{prefix}/{key}"] = value
+    return flat
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist (`--dist loadgroup`), the tests of a module with a module-scoped fixture
+    (a trained model, a server, a generated dataset) run on one worker, so the fixture is
+    built once, not once per worker. Tests that name their own group keep it."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(fixturedefs[-1].scope == "module" for fixturedefs in defs):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))

@@ -16,9 +16,23 @@ from defects.bundle import load_bundle
 from defects.data.detection import DetectionDataModule
 from defects.evaluate import evaluate
 from defects.train import train
-from tests.conftest import compose_config, weld_overrides
+from tests.conftest import compose_config, report_metrics, weld_overrides
 
 CLASSES = ["porosity", "crack", "lack_of_fusion", "slag_inclusion"]
+# train.json / eval.json group per-class numbers under these keys (JSON key -> metric group).
+NEST = {"AP": "AP", "precision_per_class": "precision", "recall_per_class": "recall"}
+MONITOR = "val/mAP"  # model/fasterrcnn.yaml
+
+
+def rounded(metrics: dict[str, float]) -> dict[str, float]:
+    """Metrics as the reports write them (6 decimals)."""
+    return {key: round(float(value), 6) for key, value in metrics.items()}
+
+
+def assert_scores(metrics: dict[str, float]) -> None:
+    """Every number a detection report holds is a rate: finite and in [0, 1]."""
+    bad = {k: v for k, v in metrics.items() if not (math.isfinite(v) and 0.0 <= v <= 1.0)}
+    assert not bad, f"not a finite score in [0, 1]: {bad}"
 
 
 def test_fast_dev_run_writes_nothing(weld_cfg, tmp_path: Path) -> None:
@@ -69,8 +83,25 @@ def test_training_writes_bundle_history_and_plots(trained: dict) -> None:
     assert all("val/mAP50" in r and "train/loss" in r for r in trained["history_before"])
     for name in ("val_pr_curve.csv", "val_pr_curve.png", "val_predictions.png"):
         assert (out / "plots_dir" / name).stat().st_size > 0
-    assert json.loads((out / "metrics_dir" / "train.json").read_text())["mAP50"] >= 0
     assert (out / "model_dir" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_train_report_is_what_the_run_returned(trained: dict) -> None:
+    """train.json (on disk after the resumed run), the bundle's metrics and what `train`
+    returned are one validation report: same keys, same numbers (rounded as written). The
+    monitored metric is returned as the best checkpoint's score, the best epoch of history."""
+    out, returned = trained["out"], trained["resumed"]
+    stored = load_bundle(out / "model_dir" / "bundle.pt")["metrics"]
+    assert {"val/mAP", "val/mAP50", "val/mAP50-95", "val/precision", "val/f1"} <= set(stored)
+    assert_scores(stored)
+    written = report_metrics(out / "metrics_dir" / "train.json", "val", NEST)
+    assert written == rounded(stored)
+    assert {k: v for k, v in returned.items() if k != MONITOR} == {
+        k: v for k, v in stored.items() if k != MONITOR
+    }
+    history = json.loads((out / "metrics_dir" / "history.json").read_text())
+    best = max(record[MONITOR] for record in history)
+    assert returned[MONITOR] == pytest.approx(best, abs=1e-6)  # history rounds to 6 places
 
 
 def test_resume_continues_from_last(trained: dict) -> None:
@@ -168,9 +199,10 @@ def test_evaluate_writes_metrics_and_plot_data(trained: dict, model_file: str) -
     metrics = evaluate(
         compose_config([*trained["base"], f"ckpt_path={out / 'model_dir' / model_file}"])
     )
-    assert 0.0 <= metrics["test/mAP50"] <= 1.0
-    report = json.loads((out / "metrics_dir" / "eval.json").read_text())
-    assert set(report) >= {"mAP", "mAP50", "mAP50-95", "AP"}
+    assert {"test/mAP", "test/mAP50", "test/mAP50-95", "test/recall"} <= set(metrics)
+    assert_scores(metrics)
+    # eval.json is the returned report, every key, rounded as written.
+    assert report_metrics(out / "metrics_dir" / "eval.json", "test", NEST) == rounded(metrics)
     header = (out / "plots_dir" / "test_pr_curve.csv").read_text().splitlines()[0]
     assert header == "class,recall,precision"
 
