@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -14,16 +17,67 @@ import defects
 from defects.bundle import load_bundle
 from defects.evaluate import evaluate
 from defects.formats.severstal import read_severstal_csv, rle_decode
+from defects.kinds.gated.net import ARCHS
 from defects.kinds.gated.predictor import SegmentationPredictor
 from defects.train import train
-from tests.conftest import compose_config, steel_overrides
+from tests.conftest import compose_config, report_metrics, steel_overrides
 
 CLASSES = ["pits", "inclusion", "scratches", "patches"]
+NEST = {"dice_per_class": "dice"}  # train.json's per-class group -> metric group
+# The graphs each design's gated flow runs (and ONNX exports).
+PARTS = {
+    "separate": {"gate", "segment"},
+    "two_heads": {"segment"},
+    "shared_backbone": {"encode", "decode"},
+}
+
+
+class Probe(L.Callback):
+    """What a run really trained: the module, its weights before the first step, and the
+    shapes of the batches it saw. A fast_dev_run returns only metrics; this lets its test
+    check that an override reached the network without another run."""
+
+    def __init__(self) -> None:
+        self.module: L.LightningModule | None = None
+        self.before: dict[str, torch.Tensor] = {}
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.module = pl_module
+        self.before = {k: v.detach().clone() for k, v in pl_module.named_parameters()}
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.batches.append((batch[0].detach().clone(), batch[1].detach().clone()))
+
+    def changed(self, prefix: str) -> bool:
+        """Some parameter under `prefix` moved since fitting began: the loss reached it (a
+        parameter without a gradient is skipped by the optimizer; buffers such as BatchNorm
+        statistics, which move on any forward pass, are not compared)."""
+        after = dict(self.module.named_parameters())
+        return any(
+            not torch.equal(after[k], v) for k, v in self.before.items() if k.startswith(prefix)
+        )
+
+
+@pytest.fixture
+def probe(monkeypatch: pytest.MonkeyPatch) -> Probe:
+    """A Probe added to the callbacks `defects.train` builds from the config."""
+    entry = importlib.import_module("defects.train")  # the module, not the function
+    probe, make = Probe(), entry.make_callbacks
+    monkeypatch.setattr(entry, "make_callbacks", lambda cfg: [*make(cfg), probe])
+    return probe
 
 
 @pytest.mark.parametrize("design", ["separate", "two_heads", "shared_backbone"])
 @pytest.mark.parametrize("arch", ["unet", "linknet"])
-def test_fast_dev_run_every_design(steel_root: Path, tmp_path: Path, design: str, arch: str):
+def test_fast_dev_run_every_design(
+    steel_root: Path, tmp_path: Path, probe: Probe, design: str, arch: str
+) -> None:
+    """Each design x arch trains one step and validates: the network is the one asked for,
+    the loss is the configured sum of its terms, and one step moved every part the design
+    trains (the gate: its own network in `separate`, the smp aux head otherwise)."""
     overrides = steel_overrides(steel_root, tmp_path)
     cfg = compose_config(
         [
@@ -34,13 +88,28 @@ def test_fast_dev_run_every_design(steel_root: Path, tmp_path: Path, design: str
         ]
     )
     metrics = train(cfg)
-    assert math.isfinite(metrics["train/loss"])
-    assert 0.0 <= metrics["val/dice"] <= 1.0
+    net = probe.module.net
+    assert type(net.model) is ARCHS[arch] and net.design == design
+    assert set(net.parts()) == PARTS[design]
+    assert (
+        (net.gate is None) == (net.model.classification_head is not None) == (design != "separate")
+    )
+    assert len(probe.batches) == 1  # fast_dev_run: one training batch
+    hp = cfg.model
+    terms = metrics["train/bce"] + hp.dice_weight * metrics["train/dice"]
+    assert metrics["train/loss"] == pytest.approx(terms + hp.gate_weight * metrics["train/gate"])
+    assert math.isfinite(metrics["train/loss"]) and metrics["train/gate"] > 0
+    assert probe.changed("net.model.encoder.") and probe.changed("net.model.segmentation_head.")
+    gate = "net.gate." if design == "separate" else "net.model.classification_head."
+    assert probe.changed(gate), f"{design}: the gate loss never reached {gate}"
+    assert 0.0 <= metrics["val/dice"] <= 1.0 and 0.0 <= metrics["val/seg_dice"] <= 1.0
     assert not (tmp_path / "model_dir" / "bundle.pt").exists()
 
 
-def test_mask_folder_layout_trains_by_config(tmp_path: Path) -> None:
-    """Mixed-size images with index masks (the magnetic-tile path) train via data.* alone."""
+def test_mask_folder_layout_trains_by_config(tmp_path: Path, probe: Probe) -> None:
+    """Mixed-size images with index masks (the magnetic-tile path) train via data.* alone:
+    the batches are resized to data.resize, the masks carry class_names' two channels, and
+    the network is built for those two classes."""
     from tests.test_segmentation_data import masks_dataset
 
     root = masks_dataset(tmp_path / "tiles", [(40, 60), (50, 50), (33, 70), (64, 64)])
@@ -58,6 +127,10 @@ def test_mask_folder_layout_trains_by_config(tmp_path: Path) -> None:
     )
     metrics = train(cfg)
     assert math.isfinite(metrics["train/loss"])
+    assert probe.module.class_names == ["a", "b"] and probe.module.net.num_classes == 2
+    ((images, masks),) = probe.batches
+    assert images.shape == (2, 1, 64, 64) and masks.shape == (2, 2, 64, 64)
+    assert probe.changed("net.")
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +152,19 @@ def test_train_tunes_thresholds_into_bundle(trained: dict) -> None:
     report = json.loads((out / "metrics_dir" / "train.json").read_text())
     assert report["thresholds"] == thresholds
     assert 0.0 <= report["dice"] <= 1.0 and set(report["dice_per_class"]) == set(CLASSES)
+    # train.json is the validation report stored in the bundle, every key, rounded as written.
+    written = report_metrics(out / "metrics_dir" / "train.json", "val", NEST, ["thresholds"])
+    assert written == {k: round(v, 6) for k, v in bundle["metrics"].items()}
     for name in ("val_predictions.png", "val_pr_curve.csv", "val_pr_curve.png"):
         assert (out / "plots_dir" / name).stat().st_size > 0
     history = json.loads((out / "metrics_dir" / "history.json").read_text())
     assert [r["epoch"] for r in history] == [0, 1] and "val/dice" in history[-1]
 
 
-def test_evaluate_bundle_and_checkpoint_agree_on_format(trained: dict, steel_root: Path) -> None:
+def test_evaluate_bundle_and_checkpoint_agree(trained: dict, steel_root: Path) -> None:
+    """The bundle is the best checkpoint's weights with thresholds tuned on validation; a
+    `.ckpt` given to evaluate is tuned the same way there. So the best checkpoint of the run
+    evaluates to the bundle's numbers and thresholds, exactly."""
     out = trained["out"]
     metrics = evaluate(
         compose_config([*trained["base"], f"ckpt_path={out / 'model_dir' / 'bundle.pt'}"])
@@ -93,9 +172,11 @@ def test_evaluate_bundle_and_checkpoint_agree_on_format(trained: dict, steel_roo
     assert {"test/dice", "test/dice_defective", "test/gate_f1"} <= set(metrics)
     report = json.loads((out / "metrics_dir" / "eval.json").read_text())
     assert report["dice"] == pytest.approx(metrics["test/dice"], abs=1e-6)
-    ckpt = next((out / "model_dir" / "checkpoints").glob("epoch*.ckpt"))
+    assert report["thresholds"] == load_bundle(out / "model_dir" / "bundle.pt")["thresholds"]
+    (ckpt,) = (out / "model_dir" / "checkpoints").glob("epoch*.ckpt")  # save_top_k=1: the best
     from_ckpt = evaluate(compose_config([*trained["base"], f"ckpt_path={ckpt}"]))
-    assert 0.0 <= from_ckpt["test/dice"] <= 1.0
+    assert from_ckpt == metrics
+    assert json.loads((out / "metrics_dir" / "eval.json").read_text()) == report
 
 
 def test_evaluate_refuses_a_detector_bundle(trained: dict, tmp_path: Path) -> None:
