@@ -2,8 +2,11 @@
 its own outputs, each returns (and logs) its monitored metric, and the runs differ.
 
 On tiny weld data a from-scratch detector scores mAP 0 in both jobs, so there the runs are
-told apart by their losses and weights; the (slow) steel sweep returns two different
-non-zero Dice scores, the numbers a sweeper would rank.
+told apart by their learning rates, losses and weights, and each job's numbers are checked
+against its own files: the returned score is its history's best, its best checkpoint is that
+epoch's, its bundle holds that checkpoint's weights, its train.json the bundle's metrics.
+The (slow) steel sweep returns two different non-zero Dice scores, the numbers a sweeper
+would rank.
 """
 
 from __future__ import annotations
@@ -19,26 +22,43 @@ import yaml
 
 from defects.bundle import load_bundle
 from defects.data.synthetic import generate_steel_dataset, generate_weld_dataset
-from tests.conftest import TINY_STEEL, TINY_WELD, steel_overrides, weld_overrides
+from tests.conftest import (
+    TINY_STEEL,
+    TINY_WELD,
+    report_metrics,
+    steel_overrides,
+    weld_overrides,
+)
 from tests.test_train_distributed import run_train
 
 LRS = ("0.0001", "0.01")
-# task: (dataset generator and its tiny settings, overrides, monitor, a train.json number)
+# task: (dataset generator and its tiny settings, overrides, monitor, train.json's per-class
+# groups, the LightningModule attribute whose state_dict the bundle holds)
 TASKS = {
-    "weld": (generate_weld_dataset, TINY_WELD, weld_overrides, "val/mAP", "mAP50"),
+    "weld": (
+        generate_weld_dataset,
+        TINY_WELD,
+        weld_overrides,
+        "val/mAP",
+        {"AP": "AP", "precision_per_class": "precision", "recall_per_class": "recall"},
+        "detector.",
+    ),
     "steel": (
         generate_steel_dataset,
         TINY_STEEL,
         steel_overrides,
         "val/seg_dice_defective",
-        "dice",
+        {"dice_per_class": "dice"},
+        "net.",
     ),
 }
+# train.py's closing line: "best checkpoint PATH (MONITOR SCORE); bundle PATH"
+FINISHED = re.compile(r"best checkpoint (\S+) \((\S+) (\S+)\); bundle (\S+)")
 
 
 @pytest.mark.parametrize("task", ["weld", pytest.param("steel", marks=pytest.mark.slow)])
 def test_multirun_over_lr_compares_real_numbers(tmp_path: Path, task: str) -> None:
-    generate, tiny, task_overrides, monitor, reported = TASKS[task]
+    generate, tiny, task_overrides, monitor, nest, prefix = TASKS[task]
     data, sweep = tmp_path / "data", tmp_path / "sweep"
     generate(data, **tiny)
     # Every output under the job's own Hydra dir (sweep/<job number>): given on the command
@@ -67,22 +87,46 @@ def test_multirun_over_lr_compares_real_numbers(tmp_path: Path, task: str) -> No
         overrides_run = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
         lr = next(o.split("=", 1)[1] for o in overrides_run if o.startswith("optimizer.lr="))
         # What main returned to Hydra: the best checkpoint's monitored score, logged by train.
-        log = (job / "train.log").read_text()
-        returned = re.findall(rf"\({re.escape(monitor)} (\S+)\); bundle", log)
+        (finished,) = FINISHED.findall((job / "train.log").read_text())
+        ckpt, logged_monitor, returned, bundle = finished
         history = json.loads((job / "metrics_dir" / "history.json").read_text())
         jobs[lr] = {
-            "returned": [float(v) for v in returned],
+            "dir": job,
+            "monitor": logged_monitor,
+            "returned": float(returned),
+            "ckpt": Path(ckpt),
+            "bundle_path": Path(bundle),
             "history": history,
-            "report": json.loads((job / "metrics_dir" / "train.json").read_text()),
             "bundle": load_bundle(job / "model_dir" / "bundle.pt"),
         }
     assert sorted(jobs) == sorted(LRS)
 
     for lr, job in jobs.items():
-        assert len(job["returned"]) == 1 and math.isfinite(job["returned"][0]), lr
-        best = max(r[monitor] for r in job["history"])  # ModelCheckpoint: mode max
-        assert math.isclose(job["returned"][0], best, abs_tol=5e-5), lr  # logged as %.4f
-        assert 0.0 <= job["report"][reported] <= 1.0
+        # Each job wrote into its own folder, with the rate it was given.
+        model_dir = job["dir"] / "model_dir"
+        assert job["bundle_path"] == model_dir / "bundle.pt", lr
+        assert job["ckpt"].parent == model_dir / "checkpoints", lr
+        ckpt = torch.load(job["ckpt"], map_location="cpu", weights_only=True)
+        for group in ckpt["optimizer_states"][0]["param_groups"]:
+            assert group["initial_lr"] == float(lr), lr
+        # The returned score is the best epoch's (ModelCheckpoint: mode max, first of ties),
+        # and the best checkpoint is that epoch's.
+        scores = [r[monitor] for r in job["history"]]
+        assert job["monitor"] == monitor and math.isfinite(job["returned"]), lr
+        assert math.isclose(job["returned"], max(scores), abs_tol=5e-5), lr  # logged as %.4f
+        assert job["ckpt"].name == f"epoch{scores.index(max(scores)):03d}.ckpt", lr
+        # The bundle holds the best checkpoint's weights (not the last epoch's) ...
+        weights = job["bundle"]["state_dict"]
+        assert set(ckpt["state_dict"]) >= {prefix + k for k in weights}, lr
+        for k, v in weights.items():
+            assert torch.equal(v, ckpt["state_dict"][prefix + k]), (lr, k)
+        # ... and train.json the metrics stored with it, every key, rounded as written.
+        written = report_metrics(
+            job["dir"] / "metrics_dir" / "train.json", "val", nest, ["thresholds"]
+        )
+        stored = job["bundle"]["metrics"]
+        assert written == {k: round(v, 6) for k, v in stored.items()}, lr
+        assert all(0.0 <= v <= 1.0 for v in stored.values()), (lr, stored)
 
     low, high = jobs[LRS[0]], jobs[LRS[1]]
     # The override reached the optimizer: the same schedule step, 100x the rate (history
@@ -94,4 +138,4 @@ def test_multirun_over_lr_compares_real_numbers(tmp_path: Path, task: str) -> No
     weights = [job["bundle"]["state_dict"] for job in (low, high)]
     assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     if task == "steel":  # seeded CPU runs: 0.0923 and 0.0698 when written
-        assert low["returned"] != high["returned"] and max(low["returned"]) > 0
+        assert low["returned"] != high["returned"] and low["returned"] > 0
