@@ -111,7 +111,8 @@ class Detections:
     def overlay(self, image: np.ndarray) -> np.ndarray:
         from defects.plots import draw_boxes_rgb
 
-        return draw_boxes_rgb(image, self.boxes, self.class_ids, self.labels, self.scores)
+        class_ids, scores = self.class_ids.tolist(), self.scores.tolist()
+        return draw_boxes_rgb(image, self.boxes, class_ids, self.labels, scores)
 
 
 @dataclass

@@ -695,8 +695,8 @@ def _track_keys(
 
 
 def _between(a: CvatBox, b: CvatBox, t: float) -> CvatBox:
-    coords = [getattr(a, c) + (getattr(b, c) - getattr(a, c)) * t for c in _COORDS]
-    return CvatBox(a.label, a.class_id, *coords, a.occluded, a.track_id, a.line)
+    xtl, ytl, xbr, ybr = (getattr(a, c) + (getattr(b, c) - getattr(a, c)) * t for c in _COORDS)
+    return CvatBox(a.label, a.class_id, xtl, ytl, xbr, ybr, a.occluded, a.track_id, a.line)
 
 
 def _expand_track(keys: list[_Key], last: int) -> Iterator[tuple[int, CvatBox]]:
@@ -765,8 +765,8 @@ def cvat_video_to_yolo(
     if len(planned) != len(video.frames):
         raise ValueError(f"name_pattern {name_pattern!r} gives the same name to several frames")
     with staged_directory(out_labels_dir) as tmp:
-        for name, boxes in planned.items():
-            write_yolo_labels(tmp / f"{name}.txt", boxes)
+        for name, frame_boxes in planned.items():
+            write_yolo_labels(tmp / f"{name}.txt", frame_boxes)
     if out_data_yaml is not None:
         write_class_names(out_data_yaml, video.class_names)
     return {

@@ -13,6 +13,7 @@ import csv
 import io
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -292,7 +293,7 @@ def read_severstal_csv(
 
 
 def write_severstal_csv(
-    path: str | os.PathLike[str], masks: dict[str, dict[int, np.ndarray | str]]
+    path: str | os.PathLike[str], masks: Mapping[str, Mapping[int, np.ndarray | str]]
 ) -> None:
     """Write the `ImageId,ClassId,EncodedPixels` layout atomically, sorted by image then class.
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 import numpy as np
 from omegaconf import DictConfig
@@ -35,6 +35,9 @@ KIND_PARTS = ("kind", "module", "net", "predictor", "export")
 BATCH_SIZE = 4
 
 T = TypeVar("T")
+#: the result type a predictor returns (`Detections`, `SegmentationResult`, ...)
+R = TypeVar("R", bound=Result)
+R_co = TypeVar("R_co", bound=Result, covariant=True)
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -71,7 +74,7 @@ def split_prefix(split: str) -> str:
     return "val" if split == "valid" else split
 
 
-class Predictor(ABC):
+class Predictor(ABC, Generic[R_co]):
     """decode -> network -> thresholds -> results in original pixels, for any backend.
 
     `meta` is the bundle without its weights (task, name, class names, thresholds, input),
@@ -116,18 +119,32 @@ class Predictor(ABC):
         return decode_image(image, self.channels)
 
     @abstractmethod
-    def predict_batch(self, images: Sequence[Any]) -> list[Result]:
+    def predict_batch(self, images: Sequence[Any]) -> list[R_co]:
         """Results for each image, at its original resolution."""
 
-    def predict(self, image: Any) -> Result:
+    def predict(self, image: Any) -> R_co:
         return self.predict_batch([image])[0]
+
+    @overload
+    def predict_many(
+        self, images: Iterable[Any], batch_size: int = ..., step: None = None
+    ) -> Iterator[tuple[np.ndarray, R_co]]: ...
+
+    @overload
+    def predict_many(
+        self,
+        images: Iterable[Any],
+        batch_size: int = ...,
+        *,
+        step: Callable[[list[np.ndarray]], Sequence[T]],
+    ) -> Iterator[tuple[np.ndarray, T]]: ...
 
     def predict_many(
         self,
         images: Iterable[Any],
         batch_size: int = BATCH_SIZE,
-        step: Callable[[list[np.ndarray]], Sequence[T]] | None = None,
-    ) -> Iterator[tuple[np.ndarray, T]]:
+        step: Callable[[list[np.ndarray]], Sequence[Any]] | None = None,
+    ) -> Iterator[tuple[np.ndarray, Any]]:
         """(decoded image, result) for each image in order, `batch_size` per forward pass.
 
         The library's one batching loop (predict, prelabel, evaluation, tuning, pipe): each
@@ -152,7 +169,7 @@ class Report:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-class PredictionWriter:
+class PredictionWriter(Generic[R]):
     """`defects predict` output: `<name>.json` ({image: record}) and overlays/<stem>.png.
 
     Kinds with more to write (masks, a submission file) extend `add` and `close`.
@@ -160,7 +177,7 @@ class PredictionWriter:
 
     report_name = "predictions.json"
 
-    def __init__(self, predictor: Predictor, out_dir: Path, overlays: bool = True):
+    def __init__(self, predictor: Predictor[R], out_dir: Path, overlays: bool = True):
         self.predictor = predictor
         self.out_dir = out_dir
         self.overlays = overlays
@@ -169,7 +186,7 @@ class PredictionWriter:
         if overlays:
             (out_dir / "overlays").mkdir(exist_ok=True)
 
-    def add(self, path: Path, image: np.ndarray, result: Result) -> None:
+    def add(self, path: Path, image: np.ndarray, result: R) -> None:
         self.records[path.name] = result.record()
         if self.overlays:
             from PIL import Image
@@ -193,7 +210,7 @@ class ModelKind(ABC):
 
     name: str = ""
     aliases: tuple[str, ...] = ()
-    writer_class: type[PredictionWriter] = PredictionWriter
+    writer_class: type[PredictionWriter[Any]] = PredictionWriter
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -11,6 +11,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities.types import (
+    LRSchedulerTypeUnion,
+    OptimizerConfig,
+    OptimizerLRSchedulerConfig,
+)
 
 
 def warmup_cosine(
@@ -38,8 +43,8 @@ def configure_optimizers(
     module: Any,
     params: Iterable[torch.nn.Parameter],
     optimizer: Callable[..., torch.optim.Optimizer] | None,
-    scheduler: Callable[..., Any] | None,
-) -> dict[str, Any]:
+    scheduler: Callable[..., LRSchedulerTypeUnion] | None,
+) -> OptimizerConfig | OptimizerLRSchedulerConfig:
     """Lightning's optimizer dict from the module's partials (scheduler stepped per batch)."""
     if optimizer is None:
         raise ValueError("model.optimizer: no optimizer configured (e.g. optimizer=adamw)")

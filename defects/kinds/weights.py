@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -15,11 +16,11 @@ from torch import nn
 log = logging.getLogger("defects")
 
 
-def is_local_file(weights: str | None) -> bool:
+def is_local_file(weights: str | None) -> TypeGuard[str]:
     """A weights value naming a file on disk (as opposed to a hub enum name)."""
-    return bool(weights) and (
-        Path(weights).suffix in {".pt", ".pth", ".ckpt", ".bin"} or Path(weights).exists()
-    )
+    if not weights:
+        return False
+    return Path(weights).suffix in {".pt", ".pth", ".ckpt", ".bin"} or Path(weights).exists()
 
 
 def load_local_weights(module: nn.Module, path: str, prefix: str = "") -> None:

@@ -9,16 +9,18 @@ original pixels, 1-based labels, scores}, best first), the bundle and the export
 from __future__ import annotations
 
 import logging
+from abc import abstractmethod
 from typing import Any
 
 from defects.kinds.base import EvalData, ModelKind, PredictionWriter
 from defects.kinds.detection import evaluate as evaluation
 from defects.kinds.detection.predictor import DetectionPredictor
+from defects.results import Detections
 
 log = logging.getLogger("defects")
 
 
-class DetectionWriter(PredictionWriter):
+class DetectionWriter(PredictionWriter[Detections]):
     report_name = "detections.json"
 
 
@@ -27,6 +29,10 @@ class BoxKind(ModelKind):
 
     evaluation = evaluation
     writer_class = DetectionWriter
+
+    @abstractmethod
+    def predictor(self, bundle: dict[str, Any], device: str = "cpu") -> DetectionPredictor:
+        """The eager predictor of a bundle (`tune` needs its `detect_all`)."""
 
     def tune(self, bundle: dict[str, Any], datamodule: EvalData) -> dict[str, Any]:
         thresholds, f1 = evaluation.tune(self.predictor(bundle), datamodule)

@@ -117,7 +117,7 @@ def evaluate(
     samples = datamodule.eval_samples(split)
     ranked: list[Detections] = []
     truths: list[dict[str, np.ndarray]] = []
-    pictures = []
+    pictures: list[tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]] = []
     for sample, (image, det) in zip(samples, ranked_detections(predictor, samples), strict=True):
         truth = datamodule.truth(sample)
         ranked.append(det)

@@ -18,7 +18,7 @@ from defects.results import Detections
 Runner = Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]]
 
 
-class DetectionPredictor(Predictor):
+class DetectionPredictor(Predictor[Detections]):
     """`predict(image)` -> Detections scoring at least `thresholds["score"]`."""
 
     main_threshold = "score"

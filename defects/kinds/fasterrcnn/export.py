@@ -63,7 +63,9 @@ def _linear_taps(
     by up to ~1e-4 on a few-hundred-pixel axis.
     """
     scale = torch.div(size_in.to(torch.float32), size_out.to(torch.float32))
-    dst = torch.arange(size_out[0], dtype=torch.int64).to(torch.float32)
+    # torch.arange takes a 0-d tensor end (traced, the size stays dynamic); its declared
+    # overloads list numbers only.
+    dst = torch.arange(size_out[0], dtype=torch.int64).to(torch.float32)  # type: ignore[call-overload]
     src = torch.clamp(_fma(scale, dst + 0.5, torch.full_like(dst, -0.5)), min=0.0)
     last = size_in - 1
     i0 = torch.minimum(torch.floor(src).to(torch.int64), last)
@@ -276,12 +278,13 @@ def _select_then_decode(
         scores.append(best)
         levels.append(torch.full_like(index, level))
     proposals = box_ops.clip_boxes_to_image(torch.cat(boxes), images.image_sizes[0])
-    probability, level = torch.sigmoid(torch.cat(scores)), torch.cat(levels)
+    probability, level_of = torch.sigmoid(torch.cat(scores)), torch.cat(levels)
     keep = box_ops.remove_small_boxes(proposals, self.min_size)
-    proposals, probability, level = proposals[keep], probability[keep], level[keep]
+    proposals, probability, level_of = proposals[keep], probability[keep], level_of[keep]
     keep = torch.where(probability >= self.score_thresh)[0]
-    proposals, probability, level = proposals[keep], probability[keep], level[keep]
-    keep = _batched_nms_first(proposals, probability, level, self.nms_thresh, self.post_nms_top_n())
+    proposals, probability, level_of = proposals[keep], probability[keep], level_of[keep]
+    top_n = self.post_nms_top_n()
+    keep = _batched_nms_first(proposals, probability, level_of, self.nms_thresh, top_n)
     return [proposals[keep]], {}
 
 

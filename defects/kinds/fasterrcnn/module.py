@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 
 from defects.kinds.fasterrcnn.net import Detector
 from defects.kinds.schedule import configure_optimizers
@@ -71,7 +72,7 @@ class DetectionModule(L.LightningModule):
         self.val_map.reset()
         self.log_dict(summarize_map(result, self.class_names, "val"))
 
-    def configure_optimizers(self) -> dict:
+    def configure_optimizers(self) -> OptimizerConfig | OptimizerLRSchedulerConfig:
         return configure_optimizers(
             self, self.parameters(), self.optimizer_factory, self.scheduler_factory
         )

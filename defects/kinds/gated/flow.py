@@ -8,7 +8,7 @@ the same way in evaluation, the CLI, the Flask page and the benchmark.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ class GatedFlow:
     below it get all-zero masks and, in `separate` and `shared_backbone`, skip the decoder.
     """
 
-    def __init__(self, design: str, parts: dict[str, Part], num_classes: int, stride: int = 32):
+    def __init__(self, design: str, parts: Mapping[str, Part], num_classes: int, stride: int = 32):
         self.design = design
         self.parts = parts
         self.num_classes = num_classes

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 from segmentation_models_pytorch.losses import DiceLoss
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
@@ -65,6 +66,10 @@ class GateRecords(Metric):
     """
 
     full_state_update = False
+    # torchmetrics' convention for `cat` states: lists of batches (one tensor only inside
+    # `compute`, once synced across ranks, which `compute` below handles).
+    gate: list[torch.Tensor]
+    truth: list[torch.Tensor]
 
     def __init__(self) -> None:
         super().__init__()
@@ -89,6 +94,8 @@ class GateRecords(Metric):
 
 class SegmentationModule(L.LightningModule):
     """Trains any `Segmenter` design; plain-value hyper-parameters only."""
+
+    pos_weight: torch.Tensor  # a buffer
 
     def __init__(
         self,
@@ -134,7 +141,7 @@ class SegmentationModule(L.LightningModule):
         cell = self.net.gate.cell if self.net.gate is not None else None
         gate = F.binary_cross_entropy_with_logits(*gate_targets(out, masks, cell))
         hp = self.hparams
-        total = bce + hp.dice_weight * dice + hp.gate_weight * gate
+        total = bce + hp["dice_weight"] * dice + hp["gate_weight"] * gate
         return {"loss": total, "bce": bce, "dice": dice, "gate": gate}
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -174,7 +181,7 @@ class SegmentationModule(L.LightningModule):
             metric.reset()
         self.log_dict(result)
 
-    def configure_optimizers(self) -> dict:
+    def configure_optimizers(self) -> OptimizerConfig | OptimizerLRSchedulerConfig:
         return configure_optimizers(
             self, self.parameters(), self.optimizer_factory, self.scheduler_factory
         )

@@ -32,6 +32,9 @@ ARCHS = {"unet": smp.Unet, "linknet": smp.Linknet}
 class Normalize(nn.Module):
     """(x - mean) / std on [0, 1] images; part of the graph so exports need no preprocessing."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: float, std: float):
         super().__init__()
         self.register_buffer("mean", torch.tensor(float(mean)), persistent=False)
@@ -235,7 +238,8 @@ class Segmenter(nn.Module):
     def parts(self) -> dict[str, nn.Module]:
         """The graphs the gated flow runs (and ONNX exports), by role, in this module's mode."""
         scale = self.input_scale
-        if self.design == "separate":
+        parts: dict[str, nn.Module]
+        if self.gate is not None:  # the `separate` design, the only one with a gate part
             parts = {"gate": self.gate, "segment": SegmentPart(self.model, self.norm, scale)}
         elif self.design == "two_heads":
             parts = {"segment": SegmentPart(self.model, self.norm, scale)}
@@ -248,7 +252,7 @@ class Segmenter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = SegmentPart(self.model, self.norm, self.input_scale)(x)
-        if self.design == "separate":
+        if self.gate is not None:  # the `separate` design
             grid = self.gate.grid(x)
             return {"mask_logits": out, "gate_logits": grid.amax(dim=(2, 3)), "gate_grid": grid}
         return {"mask_logits": out[0], "gate_logits": out[1]}

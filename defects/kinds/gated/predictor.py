@@ -36,7 +36,7 @@ def exclusive_probabilities(probs: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(probs).scatter_(1, top, probs.gather(1, top))
 
 
-class SegmentationPredictor(Predictor):
+class SegmentationPredictor(Predictor[SegmentationResult]):
     """`predict(image)` -> SegmentationResult through the gated flow and tuned thresholds."""
 
     main_threshold = "gate"

@@ -14,7 +14,7 @@ from defects.kinds.gated.predictor import SegmentationPredictor
 from defects.results import SegmentationResult
 
 
-class MaskWriter(PredictionWriter):
+class MaskWriter(PredictionWriter[SegmentationResult]):
     """masks/<stem>.png (uint8 index mask), overlays/<stem>.png, summary.json
     ({image: {gate, areas}}) and submission.csv (Severstal ImageId,ClassId,EncodedPixels;
     a defect-free image gets one empty row), which `close` returns."""

@@ -37,6 +37,9 @@ VERSION = "8.4.190"
 INSTALL_HINT = f'pip install -e ".[{EXTRA}]"  (ultralytics=={VERSION}, AGPL-3.0)'
 CONFIG_DIR = Path(".cache") / "ultralytics"
 
+# Ultralytics' objects (a DetectionModel, its Detect head) are typed `Any` in this module:
+# their classes are imported at run time only, and the attributes used here (`args`, `names`,
+# `fuse(verbose=)`, `model[-1]`, the head's `export`/`format`/`dynamic`) are not nn.Module's.
 _loaded: dict[str, Any] = {}
 
 
@@ -126,7 +129,7 @@ def detection_model(spec: dict[str, Any], num_classes: int, channels: int) -> to
     return tasks.DetectionModel(spec, ch=channels, nc=num_classes, verbose=False)
 
 
-def detection_loss(model: torch.nn.Module, box: float, cls: float, dfl: float) -> Any:
+def detection_loss(model: Any, box: float, cls: float, dfl: float) -> Any:
     """Ultralytics' detection loss (task-aligned assignment, CIoU + DFL + BCE) for `model`.
 
     The loss reads its gains as attributes of `model.args` and caches the model's device when
@@ -137,13 +140,13 @@ def detection_loss(model: torch.nn.Module, box: float, cls: float, dfl: float) -
     return ultralytics()["utils.loss"].v8DetectionLoss(model)
 
 
-def fuse(model: torch.nn.Module) -> torch.nn.Module:
+def fuse(model: Any) -> torch.nn.Module:
     """The DetectionModel's own Conv+BN (and RepConv) fusion, in place, without its printout."""
     model.eval()
     return model.fuse(verbose=False)
 
 
-def detect_head(model: torch.nn.Module) -> torch.nn.Module:
+def detect_head(model: Any) -> Any:
     """The model's last module, the Detect head (strides, `export`, `format`)."""
     return model.model[-1]
 
@@ -188,7 +191,7 @@ def reference_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in model.float().state_dict().items()}
 
 
-def reference_model(detection: torch.nn.Module, class_names: list[str], spec_name: str) -> Any:
+def reference_model(detection: Any, class_names: list[str], spec_name: str) -> Any:
     """An Ultralytics `YOLO` around a DetectionModel (ours or theirs), for its predict/val."""
     import copy
 

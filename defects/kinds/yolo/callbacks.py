@@ -16,7 +16,9 @@ class CloseMosaic(L.Callback):
         self.epochs = int(epochs)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        datasets = getattr(trainer.datamodule, "datasets", {})
+        # Lightning sets `trainer.datamodule` at run time (None without a DataModule); the
+        # Trainer class does not declare it.
+        datasets = getattr(getattr(trainer, "datamodule", None), "datasets", {})
         dataset = datasets.get("train")
         switch = getattr(dataset, "mosaic", None)
         if switch is None or not switch.key:

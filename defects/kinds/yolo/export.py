@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from defects.kinds.yolo.net import YoloNet
 
-def export_yolo(
-    net: torch.nn.Module, path: Path, channels: int, size: int, dynamic: bool = False
-) -> Path:
+
+def export_yolo(net: YoloNet, path: Path, channels: int, size: int, dynamic: bool = False) -> Path:
     """Trace the (fused) network at the letterbox size; `dynamic` keeps height and width free
     (the rectangular letterbox feeds any multiple of the stride up to `size`)."""
     import copy

@@ -11,17 +11,18 @@ Validation scores the EMA weights through the same letterbox and NMS as the pred
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 
 from defects.kinds.yolo import adapter
 from defects.kinds.yolo.boxes import letterbox
 from defects.kinds.yolo.net import YoloNet
 from defects.kinds.yolo.predictor import POSTPROCESS_KEYS, YoloRunner
-from defects.kinds.yolo.recipe import ModelEMA, Warmup, parameter_groups
+from defects.kinds.yolo.recipe import ModelEMA, Warmup, WarmupOptions, parameter_groups
 from defects.metrics.detection import make_map_metric, summarize_map
 
 
@@ -38,7 +39,7 @@ class YoloModule(L.LightningModule):
         nominal_batch: int = 64,
         grad_clip: float = 10.0,
         loss_gains: dict[str, float] | None = None,
-        warmup: dict[str, float] | None = None,
+        warmup: WarmupOptions | None = None,
         lrf: float = 0.01,
         ema_decay: float = 0.9999,
         ema_tau: float = 2000.0,
@@ -70,7 +71,7 @@ class YoloModule(L.LightningModule):
                     layer.momentum = float(norm_momentum)
         self.ema = ModelEMA(self.net, ema_decay, ema_tau)
         self.gains = {"box": 7.5, "cls": 0.5, "dfl": 1.5, **(loss_gains or {})}
-        self.warmup_args = dict(warmup or {})
+        self.warmup_args = WarmupOptions(**(warmup or {}))
         self.criterion: Any = None
         self.val_map = make_map_metric()
         self._pending = 0  # batches accumulated since the last optimizer step
@@ -81,7 +82,7 @@ class YoloModule(L.LightningModule):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Images letterboxed to `imgsz`, boxes as Ultralytics' loss reads them: normalised
         centre-x, centre-y, width, height, with the image index and 0-based class."""
-        size = self.hparams.imgsz
+        size = self.hparams["imgsz"]
         canvases, idx, cls, boxes = [], [], [], []
         for i, (image, target) in enumerate(zip(images, targets, strict=True)):
             canvas, place = letterbox(image, size)
@@ -100,20 +101,25 @@ class YoloModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ema.module(x)
 
+    def _optimizer(self) -> LightningOptimizer:
+        # `configure_optimizers` returns one optimizer, which Lightning hands back unlisted;
+        # `optimizers()`'s declared type also allows the list of several.
+        return cast(LightningOptimizer, self.optimizers())
+
     def _schedule(self) -> Warmup:
         batches = max(int(self.trainer.num_training_batches), 1)
-        optimizer = self.optimizers().optimizer
+        optimizer = self._optimizer().optimizer
         return Warmup(
             lr=float(optimizer.defaults["lr"]),
             epochs=int(self.trainer.max_epochs or 1),
             iters_per_epoch=batches,
-            lrf=self.hparams.lrf,
+            lrf=self.hparams["lrf"],
             **self.warmup_args,
         )
 
     def accumulate(self, iteration: int, warmup_iters: int, batch_size: int) -> int:
         """Batches per optimizer step: ramps from 1 to nominal/batch during warm-up."""
-        full = max(round(self.hparams.nominal_batch / batch_size), 1)
+        full = max(round(self.hparams["nominal_batch"] / batch_size), 1)
         if iteration >= warmup_iters:
             return full
         return max(1, int(np.interp(iteration, [0, warmup_iters], [1, full]).round()))
@@ -127,14 +133,17 @@ class YoloModule(L.LightningModule):
         loss = loss_vector.sum()
         self.manual_backward(loss)
 
-        optimizer = self.optimizers()
+        optimizer = self._optimizer()
         schedule = self._schedule()
         iteration = self.current_epoch * schedule.iters_per_epoch + batch_idx
         schedule.apply(optimizer.optimizer, iteration, self.current_epoch)
         self._pending += 1
         last = batch_idx + 1 == schedule.iters_per_epoch
         if self._pending >= self.accumulate(iteration, schedule.warmup_iters, len(images)) or last:
-            self.clip_gradients(optimizer, self.hparams.grad_clip, "norm")
+            # A LightningOptimizer subclasses its optimizer's class at run time (see
+            # lightning.pytorch.core.optimizer), which its static type cannot say.
+            wrapped = cast(torch.optim.Optimizer, optimizer)
+            self.clip_gradients(wrapped, self.hparams["grad_clip"], "norm")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             self.ema.update(self.net)
@@ -170,7 +179,11 @@ class YoloModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_factory is None:
             raise ValueError("model.optimizer: no optimizer configured")
-        batch = int(getattr(self.trainer.datamodule, "batch_size", 16) or 16)
-        accumulate = max(round(self.hparams.nominal_batch / batch), 1)
-        decay = self.hparams.weight_decay * batch * accumulate / self.hparams.nominal_batch
+        # Lightning sets `trainer.datamodule` at run time (None without a DataModule); the
+        # Trainer class does not declare it.
+        datamodule = getattr(self.trainer, "datamodule", None)
+        batch = int(getattr(datamodule, "batch_size", 16) or 16)
+        nominal = self.hparams["nominal_batch"]
+        accumulate = max(round(nominal / batch), 1)
+        decay = self.hparams["weight_decay"] * batch * accumulate / nominal
         return self.optimizer_factory(params=parameter_groups(self.net, decay))

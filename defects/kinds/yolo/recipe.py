@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -46,6 +47,16 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def momentum_key(optimizer: torch.optim.Optimizer) -> str:
     return "betas" if "betas" in optimizer.defaults else "momentum"
+
+
+class WarmupOptions(TypedDict, total=False):
+    """The optional fields of `Warmup` a config may set (`model.warmup`)."""
+
+    momentum: float
+    warmup_epochs: float
+    warmup_min_iters: int
+    warmup_momentum: float
+    warmup_bias_lr: float
 
 
 @dataclass
@@ -96,6 +107,8 @@ class ModelEMA(nn.Module):
     An nn.Module itself, so the averaged weights and the update count are in the
     LightningModule's state_dict: checkpoints (and the best one reloaded) carry them.
     """
+
+    updates: torch.Tensor  # a buffer: optimizer steps averaged in
 
     def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0):
         super().__init__()
