@@ -124,17 +124,3 @@ def report_metrics(
         else:
             flat[f"{prefix}/{key}"] = value
     return flat
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist (`--dist loadgroup`), the tests of a module with a module-scoped fixture
-    (a trained model, a server, a generated dataset) run on one worker, so the fixture is
-    built once, not once per worker. Tests that name their own group keep it."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is not None:
-            continue
-        info = getattr(item, "_fixtureinfo", None)
-        defs = info.name2fixturedefs.values() if info is not None else ()
-        if any(fixturedefs[-1].scope == "module" for fixturedefs in defs):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))

@@ -253,33 +253,6 @@ def test_bundle_refuses_values_weights_only_cannot_read(tmp_path: Path) -> None:
     assert not (tmp_path / "b.pt").exists()
 
 
-def test_evaluate_equals_the_dice_of_predict_outputs(trained: dict, steel_root: Path) -> None:
-    """The Dice in eval.json is the Dice of what `defects predict` writes (submission.csv)."""
-    from defects.cli import predict
-    from defects.data.segmentation import SegmentationDataModule
-    from defects.metrics.segmentation import SeverstalDice
-
-    out = trained["out"]
-    bundle = out / "model_dir" / "bundle.pt"
-    reported = evaluate(compose_config([*trained["base"], f"ckpt_path={bundle}"]))
-    csv = predict(str(bundle), str(steel_root / "test" / "images"), str(out / "pred"))
-    table = read_severstal_csv(Path(csv), 4, shape=(64, 320))
-    dm = SegmentationDataModule(str(steel_root), CLASSES, shape=[64, 320])
-    dice = SeverstalDice(CLASSES)
-    for sample in dm.eval_samples("test"):
-        rles = table.get(sample.image.name, {})
-        pred = np.stack(
-            [
-                rle_decode(rles[k], (64, 320)) if k in rles else np.zeros((64, 320), bool)
-                for k in range(1, 5)
-            ]
-        )
-        dice.update(torch.from_numpy(pred)[None], torch.from_numpy(dm.truth(sample))[None])
-    recomputed = {k: float(v) for k, v in dice.compute().items()}
-    assert recomputed["dice"] == pytest.approx(reported["test/dice"], abs=1e-12)
-    assert recomputed["dice_defective"] == pytest.approx(reported["test/dice_defective"], abs=1e-12)
-
-
 def test_onnx_export_gives_the_same_masks(trained: dict, steel_root: Path, tmp_path: Path):
     """`defects export` + `defects.load(folder)`: the same predictor interface on ONNX Runtime,
     masks identical after thresholds; `backend="onnx"` on the bundle does the same."""
