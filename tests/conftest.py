@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -31,6 +34,17 @@ TINY_SEGMENTER = [
     "model.net.decoder_channels=[16,16,16,16,16]",
     "model.net.gate_encoder=timm-efficientnet-b0",
 ]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_memory_after_module() -> Iterator[None]:
+    """Hand the heap a module freed (its trained models, datasets) back to the system: glibc
+    keeps freed pages otherwise, so each xdist worker would hold its largest module's peak
+    for the rest of the run."""
+    yield
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @pytest.fixture
