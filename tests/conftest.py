@@ -7,6 +7,7 @@ import gc
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,16 +48,26 @@ def release_memory_after_module() -> Iterator[None]:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Torch on one thread for the test: training tests on two shared cores run faster and
-    steadier so (OpenMP threads wait on each other while the cores are taken)."""
+@contextmanager
+def torch_threads(count: int = 1) -> Iterator[None]:
+    """Torch on `count` threads inside the block, the previous count restored after: training
+    and tiny-image tests on two shared cores run faster and steadier on one thread (OpenMP
+    threads wait on each other while the cores are taken)."""
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the test (see `torch_threads`)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import compose_config, steel_overrides, weld_overrides
+from tests.conftest import compose_config, steel_overrides, torch_threads, weld_overrides
 
 IMAGES = 4  # each split the same four images: what the model trains on is what is scored
 
@@ -62,12 +62,8 @@ class Contract:
             o for o in self.overrides(root, tmp) if not o.startswith(("debug=", "data.batch_size="))
         ]
         overrides = [*base, "debug=overfit", f"data.batch_size={IMAGES}", *self.extra]
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # two shared cores: one thread each runs faster and steadier
-        try:
+        with torch_threads(1):
             metrics = train(compose_config(overrides))
-        finally:
-            torch.set_num_threads(threads)
         history = json.loads((tmp / "metrics_dir" / "history.json").read_text())
         losses = [r["train/loss"] for r in history]
         return Trained(tmp / "model_dir" / "bundle.pt", losses, metrics, root, overrides)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from defects.kinds.fasterrcnn.export import (
 )
 from defects.kinds.fasterrcnn.net import Detector
 from defects.kinds.fasterrcnn.predictor import OnnxDetector
+from tests.conftest import torch_threads
 
 # The weld config at the test size; every proposal scored (box_score_thresh 0) so a random
 # network yields a full list of detections to compare.
@@ -100,12 +102,10 @@ def assert_same_detections(eager: dict, onnx: dict) -> None:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def one_thread() -> Iterator[None]:
     """Eager torch on 1 thread: OpenMP on a busy 2-core runner slows down tenfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ and the ONNX graphs give the eager answer."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from defects.kinds.gated.module import gate_targets
 from defects.kinds.gated.net import Segmenter, rescale
 from defects.kinds.gated.thresholds import Thresholds, ThresholdSearch, binarize, gate_scores
 from defects.metrics.segmentation import pair_dice
+from tests.conftest import torch_threads
 
 TINY = dict(
     encoder="timm-efficientnet-b0",
@@ -24,11 +26,9 @@ TINY = dict(
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
 
 
 def make(design: str, seed: int = 0) -> Segmenter:

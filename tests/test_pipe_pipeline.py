@@ -25,7 +25,7 @@ from defects.pipe.layout import read_fine
 from defects.pipe.refine import crop_image, crop_window
 from defects.pipe.stages import STAGES, PipePaths, run_stage
 from defects.runtime import run_entry
-from tests.conftest import TINY_SEGMENTER, compose_config
+from tests.conftest import TINY_SEGMENTER, compose_config, torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PIPE = dict(
@@ -70,19 +70,14 @@ def _digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("pipe_run")
     raw = out / "raw"
     generate_pipe_dataset(raw, **TINY_PIPE)
     before = _digest(raw)
     cfg = compose_config(pipe_overrides(raw, out))
-    try:
+    with torch_threads(1):
         results = {stage: run_stage(cfg, stage) for stage in STAGES}
-    finally:
-        torch.set_num_threads(threads)
     return {
         "cfg": cfg,
         "out": out,
@@ -339,24 +334,19 @@ def test_every_model_is_a_child_of_one_parent_run(pipeline: dict) -> None:
 
 def test_stages_rerun_to_the_same_result(pipeline: dict) -> None:
     """Data stages rerun byte for byte; a training stage reruns into the same folders."""
-    import torch
 
     p: PipePaths = pipeline["paths"]
     cfg = pipeline["cfg"]
     refined_before = _digest(p.refined / "train" / "refined_masks")
     report_before = (p.metrics_dir / "pipe_iou.json").read_text()
     parent_before = json.loads((p.work / "mlflow_parent.json").read_text())["run_id"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         for stage in ("import", "clean", "layouts", "refine", "evaluate"):
             run_stage(cfg, stage)
         overrides = pipe_overrides(pipeline["raw"], pipeline["out"])
         drop = ("baseline", "final", "oracle")
         one = compose_config([*overrides, *(f"~pipe.models.{m}" for m in drop)])
         assert set(run_stage(one, "final")) == {"box"}
-    finally:
-        torch.set_num_threads(threads)
     assert _digest(p.refined / "train" / "refined_masks") == refined_before
     assert (p.metrics_dir / "pipe_iou.json").read_text() == report_before
     ckpts = sorted(c.name for c in (p.model("box") / "checkpoints").iterdir())

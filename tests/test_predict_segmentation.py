@@ -23,6 +23,7 @@ from defects.formats.mask_folder import read_index_mask
 from defects.formats.severstal import read_severstal_csv, rle_decode
 from defects.kinds.gated.net import Segmenter
 from defects.plots import overlay_masks
+from tests.conftest import torch_threads
 
 CLASS_NAMES = ["pits", "inclusion", "scratches", "patches"]
 H, W = 64, 320
@@ -71,10 +72,8 @@ def write_grey(path: Path, height: int, width: int, seed: int) -> Path:
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread() -> Iterator[None]:
     """Tiny images: extra threads only add sync overhead, and much more on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 from flask.testing import FlaskClient
 from PIL import Image
 
@@ -18,6 +17,7 @@ from defects.kinds.gated.predictor import SegmentationPredictor
 from defects.predict import load
 from defects.results import Detections
 from defects.serve import create_app
+from tests.conftest import torch_threads
 from tests.test_predict_segmentation import CLASS_NAMES, H, W, make_segmentation_bundle
 
 
@@ -30,10 +30,8 @@ def png_bytes(array: np.ndarray) -> bytes:
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread() -> Iterator[None]:
     """Tiny images: extra threads only add sync overhead, and much more on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
