@@ -165,8 +165,10 @@ def test_gate_scores() -> None:
         "gate_recall": 0.5,
         "gate_f1": 0.5,
         "gate_auroc": 0.75,  # 3 of the 4 (defective, clean) pairs ordered right
+        "gate_false_alarm_at_99_recall": 0.5,  # the cut at 0.2 passes the clean 0.8
     }
-    assert "gate_auroc" not in gate_scores(np.array([0.9, 0.1]), np.array([0, 0]), 0.5)
+    one_kind = gate_scores(np.array([0.9, 0.1]), np.array([0, 0]), 0.5)
+    assert "gate_auroc" not in one_kind and "gate_false_alarm_at_99_recall" not in one_kind
 
 
 @pytest.mark.parametrize("design", ["separate", "two_heads", "shared_backbone"])

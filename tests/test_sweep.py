@@ -48,7 +48,7 @@ TASKS = {
         TINY_STEEL,
         steel_overrides,
         "val/seg_dice_defective",
-        {"dice_per_class": "dice"},
+        {"dice_per_class": "dice", "iou_per_class": "iou"},
         "net.",
     ),
 }

@@ -23,7 +23,8 @@ from defects.train import train
 from tests.conftest import compose_config, report_metrics, steel_overrides
 
 CLASSES = ["pits", "inclusion", "scratches", "patches"]
-NEST = {"dice_per_class": "dice"}  # train.json's per-class group -> metric group
+# train.json's per-class groups -> metric groups
+NEST = {"dice_per_class": "dice", "iou_per_class": "iou"}
 # The graphs each design's gated flow runs (and ONNX exports).
 PARTS = {
     "separate": {"gate", "segment"},

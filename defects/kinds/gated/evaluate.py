@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchmetrics.classification import MultilabelJaccardIndex
 from torchmetrics.functional.classification import binary_precision_recall_curve
 
 from defects.kinds.base import EvalData, Report, split_prefix
 from defects.kinds.gated.predictor import SegmentationPredictor
 from defects.kinds.gated.thresholds import ThresholdSearch, gate_scores
-from defects.metrics.segmentation import SeverstalDice
+from defects.metrics.segmentation import SeverstalDice, image_rates
 from defects.reports import write_metrics_json, write_pr_curves
 
 
@@ -48,22 +49,36 @@ def tune(predictor: SegmentationPredictor, datamodule: EvalData) -> tuple[dict[s
 def evaluate(
     predictor: SegmentationPredictor, datamodule: EvalData, split: str, n_samples: int = 4
 ) -> Report:
-    """Kaggle Dice (all pairs, defective pairs, per class) and gate scores of `split`."""
+    """Kaggle Dice (all, defective and clean pairs, per class), per-class IoU pooled over the
+    split's pixels and its mean, image recall and false-alarm rate (an image is flagged when
+    any mask survives), and the gate's scores of `split`."""
     prefix = split_prefix(split)
+    classes = len(predictor.class_names)
     dice = SeverstalDice(predictor.class_names)
-    gates, present = [], []
+    # a class absent from truth and prediction alike scores 1: nothing to find, none found
+    iou = MultilabelJaccardIndex(classes, average="none", zero_division=1.0)
+    gates, present, flagged = [], [], []
     pictures: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     samples = datamodule.eval_samples(split)
     results = predictor.predict_many([s.image for s in samples])
     for sample, (image, result) in zip(samples, results, strict=True):
         truth = datamodule.truth(sample)
-        dice.update(torch.from_numpy(result.masks)[None], torch.from_numpy(truth)[None])
+        pred, target = torch.from_numpy(result.masks)[None], torch.from_numpy(truth)[None]
+        dice.update(pred, target)
+        iou.update(pred.long(), target.long())
         gates.append(result.gate)
         present.append(bool(truth.any()))
+        flagged.append(bool(result.masks.any()))
         if len(pictures) < n_samples:
             pictures.append((image, truth, result.masks))
     metrics = {f"{prefix}/{k}": float(v) for k, v in dice.compute().items()}
+    per_class = iou.compute() if samples else torch.ones(classes)
+    metrics[f"{prefix}/mean_iou"] = float(per_class.mean())
+    for name, value in zip(predictor.class_names, per_class, strict=True):
+        metrics[f"{prefix}/iou/{name}"] = float(value)
     gate_all, truth_all = np.asarray(gates), np.asarray(present)
+    rates = image_rates(np.asarray(flagged, bool), truth_all.astype(bool))
+    metrics.update({f"{prefix}/{k}": v for k, v in rates.items()})
     scores = gate_scores(gate_all, truth_all, predictor.tuned.gate)
     metrics.update({f"{prefix}/{k}": v for k, v in scores.items()})
     pr = gate_pr_curve(torch.as_tensor(gate_all), torch.as_tensor(truth_all))
@@ -80,7 +95,11 @@ def write_report(
     thresholds = {"thresholds": report.extras["thresholds"]}
     outputs = [
         write_metrics_json(
-            report.metrics, prefix, metrics_json, {"dice": "dice_per_class"}, thresholds
+            report.metrics,
+            prefix,
+            metrics_json,
+            {"dice": "dice_per_class", "iou": "iou_per_class"},
+            thresholds,
         )
     ]
     outputs += write_pr_curves(report.extras["gate_pr"], plots_dir, prefix)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
+from defects.metrics.segmentation import false_alarm_at_recall
+
 
 @dataclass
 class Thresholds:
@@ -134,7 +136,10 @@ def gate_scores(gate: np.ndarray, truth: np.ndarray, threshold: float) -> dict[s
     """Image-level gate accuracy, precision, recall and F1 (positive = has any defect), and
     the threshold-free AUROC (how well the gate orders the images; left out when the split
     has only one kind of image). A gate with a high AUROC but a poor F1 is miscalibrated,
-    which the tuned gate threshold fixes; a low AUROC no threshold can fix."""
+    which the tuned gate threshold fixes; a low AUROC no threshold can fix. With both kinds
+    of image also the share of clean images the gate alone passes at the threshold that
+    passes 99 % of the defective ones (`gate_false_alarm_at_99_recall`: a line operator's
+    "catch 99 %, how many good strips do I reject?", whatever the tuned threshold)."""
     pred = gate >= threshold
     truth = truth.astype(bool)
     tp = float((pred & truth).sum())
@@ -147,6 +152,7 @@ def gate_scores(gate: np.ndarray, truth: np.ndarray, threshold: float) -> dict[s
     if truth.any() and not truth.all():
         scores = torch.as_tensor(np.asarray(gate, dtype=np.float64))
         auroc["gate_auroc"] = float(binary_auroc(scores, torch.as_tensor(truth).long()))
+        auroc["gate_false_alarm_at_99_recall"] = false_alarm_at_recall(scores, truth, 0.99)
     return {
         **auroc,
         "gate_accuracy": float((pred == truth).mean()) if len(truth) else 0.0,
