@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from defects.data.cache import DecodedCache
 from defects.data.images import list_images, read_image
+from defects.data.loaders import loader_workers
 from defects.data.transforms import build_transform, to_tensor
 from defects.formats.errors import FormatError, SkipReport, handle
 from defects.formats.yolo import read_class_names, read_yolo_labels
@@ -96,8 +98,10 @@ class DetectionDataset(Dataset):
         transform: Any = None,
         mixup: float = 0.0,
         seed: int = 0,
+        cache: DecodedCache | None = None,
     ):
         self.samples = list(samples)
+        self.cache = cache or DecodedCache(0)
         self.channels = channels
         self.transform = transform
         self.mixup = float(mixup)
@@ -107,9 +111,13 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _image(self, index: int) -> np.ndarray:
+        path = self.samples[index].image
+        return self.cache.get(path, lambda: read_image(path, self.channels))
+
     def _augmented(self, index: int, rng: Any) -> tuple[np.ndarray, ...]:
         sample = self.samples[index]
-        image = read_image(sample.image, self.channels)
+        image = self._image(index)
         boxes, labels = sample.boxes, sample.labels
         if self.transform is None:
             return image, boxes, labels
@@ -127,7 +135,7 @@ class DetectionDataset(Dataset):
 
     def _raw(self, index: int) -> dict[str, np.ndarray]:
         sample = self.samples[index]
-        image = read_image(sample.image, self.channels)
+        image = self._image(index)
         return {"image": image, "bboxes": sample.boxes, "labels": sample.labels}
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -198,7 +206,7 @@ class DetectionDataModule(L.LightningDataModule):
         root: str,
         class_names: list[str],
         batch_size: int = 4,
-        num_workers: int = 0,
+        num_workers: int | str = "auto",
         channels: int = 1,
         augment: list[Any] | None = None,
         strict: bool = True,
@@ -207,11 +215,15 @@ class DetectionDataModule(L.LightningDataModule):
         mixup: float = 0.0,
         min_visibility: float = 0.3,
         min_box_px: float = 0.0,
+        cache_mb: float = 1024,
     ):
         super().__init__()
+        self.cache_mb = cache_mb
+        DecodedCache(cache_mb)  # a bad value fails here
         self.root = Path(root)
         self.class_names = list(class_names)
         self.batch_size = batch_size
+        loader_workers(num_workers)  # a bad value fails here, not at the first epoch
         self.num_workers = num_workers
         self.channels = channels
         self.augment = augment
@@ -260,7 +272,7 @@ class DetectionDataModule(L.LightningDataModule):
             )
             mixup = self.mixup if split == "train" else 0.0
             self.datasets[split] = DetectionDataset(
-                samples, self.channels, transform, mixup, self.seed
+                samples, self.channels, transform, mixup, self.seed, DecodedCache(self.cache_mb)
             )
         return self.datasets[split]
 
@@ -271,12 +283,13 @@ class DetectionDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
+        workers = loader_workers(self.num_workers, self.trainer)
         return DataLoader(
             self._load(split),
             batch_size=self.batch_size,
             shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             collate_fn=collate_detection,
             generator=generator,
         )

@@ -19,13 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import albumentations as A
+import cv2
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from defects.data.cache import DecodedCache
 from defects.data.images import list_images, open_image, read_image
-from defects.data.transforms import build_transform
+from defects.data.loaders import loader_workers
+from defects.data.transforms import build_transform, to_tensor
 from defects.formats.errors import FormatError, SkipReport, handle
 from defects.formats.mask_folder import read_index_mask
 from defects.formats.severstal import read_severstal_csv, rle_decode
@@ -113,26 +116,29 @@ class SegmentationDataset(Dataset):
         num_classes: int,
         transform: A.Compose,
         channels: int = 1,
+        cache: DecodedCache | None = None,
     ):
         self.samples = list(samples)
         self.num_classes = num_classes
         self.transform = transform
         self.channels = channels
+        self.cache = cache or DecodedCache(0)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         sample = self.samples[index]
-        image = read_image(sample.image, self.channels)
-        masks = load_masks(sample, image.shape[:2], self.num_classes)
+        image = self.cache.get(sample.image, lambda: read_image(sample.image, self.channels))
+        masks = self.cache.get(
+            (sample.image, "masks"),
+            lambda: load_masks(sample, image.shape[:2], self.num_classes),
+        )
         out = self.transform(image=image, mask=masks)
         image, masks = out["image"], out["mask"]
-        if image.ndim == 2:
-            image = image[:, :, None]
-        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
-        target = torch.from_numpy(np.ascontiguousarray(masks.transpose(2, 0, 1))).float()
-        return tensor, target
+        # Copies: the cached arrays come back untouched when the transform does nothing.
+        target = torch.tensor(masks.transpose(2, 0, 1), dtype=torch.float32)
+        return to_tensor(image), target
 
 
 def collate_same_size(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
@@ -168,7 +174,7 @@ class SegmentationDataModule(L.LightningDataModule):
         channels: int = 1,
         batch_size: int = 8,
         eval_batch_size: int = 4,
-        num_workers: int = 1,
+        num_workers: int | str = "auto",
         crop: list[int] | None = None,
         crop_defect_bias: float = 0.6,
         resize: list[int] | None = None,
@@ -176,8 +182,11 @@ class SegmentationDataModule(L.LightningDataModule):
         balanced_sampling: bool = False,
         strict: bool = True,
         seed: int = 0,
+        cache_mb: float = 1024,
     ):
         super().__init__()
+        self.cache_mb = cache_mb
+        self.caches: dict[str, DecodedCache] = {}  # one per split, kept across its loaders
         self.root = Path(root)
         self.class_names = list(class_names)
         self.layout = layout
@@ -185,6 +194,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.channels = channels
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
+        loader_workers(num_workers)  # a bad value fails here, not at the first epoch
         self.num_workers = num_workers
         self.crop = crop
         self.crop_defect_bias = crop_defect_bias
@@ -224,6 +234,8 @@ class SegmentationDataModule(L.LightningDataModule):
             steps.append(A.Resize(*self.resize, interpolation=1, mask_interpolation=0))
         if train and self.crop:
             height, width = self.crop
+            # Images smaller than the crop (tiles of mixed sizes) are mirrored out to it.
+            steps.append(A.PadIfNeeded(height, width, border_mode=cv2.BORDER_REFLECT_101))
             steps.append(
                 A.OneOf(
                     [
@@ -245,6 +257,7 @@ class SegmentationDataModule(L.LightningDataModule):
             self.num_classes,
             self.transform(split == "train"),
             self.channels,
+            self.caches.setdefault(split, DecodedCache(self.cache_mb)),
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -265,13 +278,14 @@ class SegmentationDataModule(L.LightningDataModule):
             sampler = WeightedRandomSampler(
                 balanced_weights(labels), len(dataset), generator=generator
             )
+        workers = loader_workers(self.num_workers, self.trainer)
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle and sampler is None,
             sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             collate_fn=collate_same_size,
             drop_last=shuffle and len(dataset) > batch_size,
         )

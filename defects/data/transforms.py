@@ -46,6 +46,8 @@ def build_transform(
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 HxW or HxWxC -> float [C, H, W] in [0, 1]: the one conversion data and
     predictors share, so the network sees the same numbers in training and in service."""
+    if not image.flags.writeable:  # a cached picture (defects.data.cache): torch wants its own
+        image = image.copy()
     tensor = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -152,8 +153,16 @@ def detect_head(model: Any) -> Any:
 
 
 # ---------------------------------------------------------------- for the benchmarks only
-def train_reference(data_yaml: str, spec_name: str, project: str, **overrides: Any) -> Path:
+def train_reference(
+    data_yaml: str,
+    spec_name: str,
+    project: str,
+    callbacks: dict[str, Callable[[Any], None]] | None = None,
+    **overrides: Any,
+) -> Path:
     """Ultralytics' own trainer (`YOLO(yaml).train(...)`); returns its best checkpoint.
+    `callbacks` are added to its events by name (`on_train_epoch_start`, ...): the speed
+    benchmark times its epochs with them.
 
     Its logging integrations are switched off first (in its settings file, which lives under
     `CONFIG_DIR`): with mlflow installed it would open `mlflow.db` in the working directory,
@@ -163,6 +172,8 @@ def train_reference(data_yaml: str, spec_name: str, project: str, **overrides: A
     switches = ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb", "sync")
     settings.update({key: False for key in switches if key in settings})
     model = ultralytics()["ultralytics"].YOLO(spec_name)
+    for event, callback in (callbacks or {}).items():
+        model.add_callback(event, callback)
     model.train(data=data_yaml, project=project, **overrides)
     return Path(model.trainer.best)
 

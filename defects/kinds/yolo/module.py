@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 
+from defects.kinds.schedule import budget_share
 from defects.kinds.yolo import adapter
 from defects.kinds.yolo.boxes import letterbox
 from defects.kinds.yolo.net import YoloNet
@@ -75,6 +76,7 @@ class YoloModule(L.LightningModule):
         self.criterion: Any = None
         self.val_map = make_map_metric()
         self._pending = 0  # batches accumulated since the last optimizer step
+        self._budget: Callable[[], float] | None = None  # share of trainer.max_time used
 
     # ------------------------------------------------------------------ data
     def to_yolo_batch(
@@ -124,6 +126,9 @@ class YoloModule(L.LightningModule):
             return full
         return max(1, int(np.interp(iteration, [0, warmup_iters], [1, full]).round()))
 
+    def on_train_start(self) -> None:
+        self._budget = budget_share(self.trainer)
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images, targets = batch
         x, labels = self.to_yolo_batch(images, targets)
@@ -136,7 +141,8 @@ class YoloModule(L.LightningModule):
         optimizer = self._optimizer()
         schedule = self._schedule()
         iteration = self.current_epoch * schedule.iters_per_epoch + batch_idx
-        schedule.apply(optimizer.optimizer, iteration, self.current_epoch)
+        budget = self._budget() if self._budget is not None else 0.0
+        schedule.apply(optimizer.optimizer, iteration, self.current_epoch, budget)
         self._pending += 1
         last = batch_idx + 1 == schedule.iters_per_epoch
         if self._pending >= self.accumulate(iteration, schedule.warmup_iters, len(images)) or last:

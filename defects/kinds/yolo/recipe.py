@@ -78,12 +78,16 @@ class Warmup:
         iters = round(self.warmup_epochs * self.iters_per_epoch)
         return max(iters, self.warmup_min_iters) if self.warmup_epochs > 0 else 0
 
-    def epoch_factor(self, epoch: int) -> float:
-        """Linear decay from 1 to `lrf` over the run."""
-        return max(1 - epoch / max(self.epochs, 1), 0.0) * (1 - self.lrf) + self.lrf
+    def epoch_factor(self, epoch: int, budget: float = 0.0) -> float:
+        """Linear decay from 1 to `lrf` over the run: over the epochs, or over the share of a
+        wall-clock budget used (`budget`, 0..1), whichever is further along."""
+        progress = max(epoch / max(self.epochs, 1), budget)
+        return max(1 - progress, 0.0) * (1 - self.lrf) + self.lrf
 
-    def apply(self, optimizer: torch.optim.Optimizer, iteration: int, epoch: int) -> None:
-        target = self.lr * self.epoch_factor(epoch)
+    def apply(
+        self, optimizer: torch.optim.Optimizer, iteration: int, epoch: int, budget: float = 0.0
+    ) -> None:
+        target = self.lr * self.epoch_factor(epoch, budget)
         key = momentum_key(optimizer)
         warm = iteration < self.warmup_iters
         t = iteration / max(self.warmup_iters, 1)
