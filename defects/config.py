@@ -101,7 +101,7 @@ def check_node(node: Mapping[str, Any], key: str) -> None:
 
 def validate_config(
     cfg: DictConfig,
-    keys: Sequence[str] = ("data", "model", "trainer", "logger", "prepare", "callbacks"),
+    keys: Sequence[str] = ("data", "model", "trainer", "logger", "prepare", "callbacks", "tune"),
 ) -> None:
     """Resolve every interpolation and check each instantiable node; raise ConfigError."""
     try:

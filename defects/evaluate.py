@@ -24,6 +24,7 @@ from defects.predict import load, stored_kind
 from defects.runtime import (
     log_config,
     make_logger,
+    make_search,
     offline_environment,
     restore_tracking_env,
     run_entry,
@@ -39,7 +40,7 @@ def checkpoint_predictor(path: Path, cfg: DictConfig, datamodule: Any) -> Predic
     kind = kind_of(module)
     bundle = kind.bundle(module, cfg)
     bundle.update(task=cfg.task_name, name=cfg.dataset)
-    bundle["thresholds"] = kind.tune(bundle, datamodule)
+    bundle["thresholds"] = kind.tune(bundle, datamodule, make_search(cfg))
     return kind.predictor(bundle)
 
 

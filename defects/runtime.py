@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -50,6 +51,20 @@ def make_logger(cfg: DictConfig, run_name: str | None = None) -> Any:
 
 def make_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if has_target(node)]
+
+
+def make_search(cfg: DictConfig) -> Any:
+    """The run's threshold search from its `tune` node (`tune.objective`, ...), handed to
+    the kind's `tune`; None where the config has none (the kind tunes its own way). A bad
+    value raises the target's own ConfigError, not Hydra's wrapper."""
+    if not has_target(cfg.get("tune")):
+        return None
+    try:
+        return instantiate(cfg.tune, _convert_="all")
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, ConfigError):
+            raise exc.__cause__ from None
+        raise
 
 
 def log_config(logger: Any, cfg: DictConfig) -> None:

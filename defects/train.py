@@ -29,6 +29,7 @@ from defects.runtime import (
     log_config,
     make_callbacks,
     make_logger,
+    make_search,
     metric_value,
     offline_environment,
     restore_tracking_env,
@@ -72,7 +73,7 @@ def finish(
     """Tune thresholds, score validation through the kind's predictor, write the bundle."""
     paths = cfg.paths
     bundle = kind.bundle(module, cfg)
-    bundle["thresholds"] = kind.tune(bundle, datamodule)
+    bundle["thresholds"] = kind.tune(bundle, datamodule, make_search(cfg))
     report = kind.evaluate(kind.predictor(bundle), datamodule, "valid")
     outputs = kind.write_report(
         report, bundle["class_names"], Path(paths.metrics_dir) / "train.json", Path(paths.plots_dir)
@@ -92,6 +93,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured task; return the best model's metrics, the monitored one included."""
     offline_environment()
     validate_config(cfg)
+    make_search(cfg)  # a bad tune value fails now, not after training
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _convert_="all")
     module = instantiate(cfg.model, _convert_="all")

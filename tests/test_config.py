@@ -11,6 +11,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from defects.config import ConfigError, validate_config
+from defects.kinds import get_kind
+from defects.kinds.gated.thresholds import ThresholdSearch
+from defects.runtime import make_search
 from tests.conftest import CONFIG_DIR, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -111,3 +114,34 @@ def test_cli_fails_fast_naming_the_key(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "data.batch_size" in result.stderr
     assert not (tmp_path / "nothing").exists()
+
+
+def test_tune_objective_is_checked_before_data() -> None:
+    cfg = compose_config(["task=steel", "tune.objective=dice"])
+    allowed = "kaggle_dice, defective_dice, class_iou, recall_at_fpr"
+    with pytest.raises(ConfigError, match=rf"tune\.objective: got 'dice' .*{allowed}"):
+        validate_config(cfg)
+    cfg = compose_config(["task=steel", "tune.target_recall=0"])
+    validate_config(cfg)  # a float: its range is the search's to check, when built
+    with pytest.raises(ConfigError, match=r"tune\.target_recall: 0"):
+        make_search(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "objective"),
+    [
+        (["task=steel"], "kaggle_dice"),  # Severstal's metric, the pipeline's figures
+        (["experiment=steel_magnetic_tile"], "defective_dice"),  # mostly clean tiles
+        (["task=pipe"], "kaggle_dice"),
+        (["task=steel", "tune.objective=recall_at_fpr"], "recall_at_fpr"),
+    ],
+)
+def test_each_segmentation_dataset_names_its_objective(overrides: list, objective: str) -> None:
+    search = make_search(compose_config(overrides))
+    assert isinstance(search, ThresholdSearch) and search.objective == objective
+
+
+def test_a_box_kind_refuses_a_threshold_search() -> None:
+    assert make_search(compose_config(["task=weld"])) is None
+    with pytest.raises(ConfigError, match="fasterrcnn kind takes no tune settings"):
+        get_kind("fasterrcnn").tune({}, None, ThresholdSearch())  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from typing import Any, Generic, Protocol, TypeVar, overload
 import numpy as np
 from omegaconf import DictConfig
 
+from defects.config import ConfigError
 from defects.data.images import decode_image
 from defects.formats.io import atomic_write_text, atomic_write_with
 from defects.results import Result
@@ -237,8 +238,15 @@ class ModelKind(ABC):
         bundle["model"] = {"kind": self.name, **bundle["model"]}
         return bundle
 
-    def tune(self, bundle: dict[str, Any], datamodule: EvalData) -> dict[str, Any]:
-        """Thresholds for the bundle, tuned on validation; the default keeps the configured."""
+    def tune(
+        self, bundle: dict[str, Any], datamodule: EvalData, search: Any = None
+    ) -> dict[str, Any]:
+        """Thresholds for the bundle, tuned on validation; the default keeps the configured.
+
+        `search` is the run's `tune` config node built (`defects.runtime.make_search`): how a
+        kind that takes one tunes (the gated kind's `ThresholdSearch`); None where the config
+        has no `tune` node. A kind that takes none refuses one rather than ignore it."""
+        refuse_search(self, search)
         return bundle["thresholds"]
 
     # ------------------------------------------------------------------ inference
@@ -280,6 +288,15 @@ class ModelKind(ABC):
 
     def writer(self, predictor: Predictor, out_dir: Path, overlays: bool) -> PredictionWriter:
         return self.writer_class(predictor, out_dir, overlays)
+
+
+def refuse_search(kind: ModelKind, search: Any) -> None:
+    """A `tune` node given to a kind that tunes its own way is an error, not ignored."""
+    if search is not None:
+        raise ConfigError(
+            f"tune: the {kind.name} kind takes no tune settings (got "
+            f"{type(search).__qualname__}); remove the tune node from the config"
+        )
 
 
 def input_channels(bundle: dict[str, Any]) -> int:

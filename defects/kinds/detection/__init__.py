@@ -12,7 +12,7 @@ import logging
 from abc import abstractmethod
 from typing import Any
 
-from defects.kinds.base import EvalData, ModelKind, PredictionWriter
+from defects.kinds.base import EvalData, ModelKind, PredictionWriter, refuse_search
 from defects.kinds.detection import evaluate as evaluation
 from defects.kinds.detection.predictor import DetectionPredictor
 from defects.results import Detections
@@ -34,7 +34,11 @@ class BoxKind(ModelKind):
     def predictor(self, bundle: dict[str, Any], device: str = "cpu") -> DetectionPredictor:
         """The eager predictor of a bundle (`tune` needs its `detect_all`)."""
 
-    def tune(self, bundle: dict[str, Any], datamodule: EvalData) -> dict[str, Any]:
+    def tune(
+        self, bundle: dict[str, Any], datamodule: EvalData, search: Any = None
+    ) -> dict[str, Any]:
+        """The score threshold with the best validation F1 (no `tune` node: `search` None)."""
+        refuse_search(self, search)
         thresholds, f1 = evaluation.tune(self.predictor(bundle), datamodule)
         log.info("tuned score threshold %.2f (val F1 %.4f)", thresholds["score"], f1)
         return thresholds

@@ -34,24 +34,31 @@ def gate_pr_curve(gate: torch.Tensor, truth: torch.Tensor) -> list[dict]:
     ]
 
 
-def tune(predictor: SegmentationPredictor, datamodule: EvalData) -> tuple[dict[str, Any], float]:
-    """Gate, per-class pixel thresholds and minimum areas with the best validation Dice."""
-    search = ThresholdSearch()
+def tune(
+    predictor: SegmentationPredictor,
+    datamodule: EvalData,
+    search: ThresholdSearch | None = None,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Gate, per-class pixel thresholds and minimum areas with the best validation score on
+    the search's objective (Kaggle Dice by default); also what they score on validation
+    (`ThresholdSearch.summary`: Dice, IoU, image recall and false-alarm rate)."""
+    search = ThresholdSearch() if search is None else search
     samples = datamodule.eval_samples("valid")
     outputs = predictor.predict_many([s.image for s in samples], step=predictor.ungated)
     for sample, (_, (gate, probs)) in zip(samples, outputs, strict=True):
         truth = torch.from_numpy(datamodule.truth(sample))
         search.update(gate[None], probs[None], truth[None])
-    thresholds, dice = search.best()
-    return thresholds.as_dict(), dice
+    thresholds, score = search.best()
+    return thresholds.as_dict(), {search.objective: score, **search.summary(thresholds)}
 
 
 def evaluate(
     predictor: SegmentationPredictor, datamodule: EvalData, split: str, n_samples: int = 4
 ) -> Report:
-    """Kaggle Dice (all, defective and clean pairs, per class), per-class IoU pooled over the
-    split's pixels and its mean, image recall and false-alarm rate (an image is flagged when
-    any mask survives), and the gate's scores of `split`."""
+    """Every objective a run can tune for, whichever it tuned: Kaggle Dice (all, defective
+    and clean pairs, per class), per-class IoU pooled over the split's pixels and its mean,
+    image recall and false-alarm rate (an image is flagged when any mask survives), and the
+    gate's scores of `split`."""
     prefix = split_prefix(split)
     classes = len(predictor.class_names)
     dice = SeverstalDice(predictor.class_names)

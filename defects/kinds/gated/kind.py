@@ -8,10 +8,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from defects.config import ConfigError
 from defects.kinds.base import EvalData, ModelKind, bundle_meta, input_channels
 from defects.kinds.gated import evaluate as evaluation
 from defects.kinds.gated.flow import GatedFlow
 from defects.kinds.gated.predictor import SegmentationPredictor
+from defects.kinds.gated.thresholds import ThresholdSearch
 from defects.kinds.gated.writer import MaskWriter
 
 log = logging.getLogger("defects")
@@ -39,9 +41,19 @@ class GatedSegmentationKind(ModelKind):
             "output": {"exclusive": bool(hp.get("exclusive", False))},
         }
 
-    def tune(self, bundle: dict[str, Any], datamodule: EvalData) -> dict[str, Any]:
-        thresholds, dice = evaluation.tune(self.predictor(bundle), datamodule)
-        log.info("tuned thresholds %s (val dice %.4f)", thresholds, dice)
+    def tune(
+        self, bundle: dict[str, Any], datamodule: EvalData, search: Any = None
+    ) -> dict[str, Any]:
+        """`search`: the run's `tune` node built (a `ThresholdSearch`, its objective), or
+        None for the Kaggle Dice search."""
+        if search is not None and not isinstance(search, ThresholdSearch):
+            raise ConfigError(
+                f"tune._target_: the gated kind tunes with a ThresholdSearch, "
+                f"not {type(search).__qualname__}"
+            )
+        thresholds, scores = evaluation.tune(self.predictor(bundle), datamodule, search)
+        at = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+        log.info("tuned thresholds %s (validation: %s)", thresholds, at)
         return thresholds
 
     def build_network(self, kwargs: dict[str, Any]) -> Any:

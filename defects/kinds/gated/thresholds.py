@@ -1,4 +1,6 @@
-"""Thresholds that turn gate and mask probabilities into masks, and their search on Dice.
+"""Thresholds that turn gate and mask probabilities into masks, and their search on the
+objective a run picks (`tune.objective`: Kaggle Dice, defective-pair Dice, class IoU or
+image recall).
 
 The same `binarize` runs in evaluation, the predictor (eager and ONNX) and the training
 module's validation, so what is tuned is what is served.
@@ -6,15 +8,19 @@ module's validation, so what is tuned is what is served.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from defects.metrics.segmentation import false_alarm_at_recall
+from defects.config import ConfigError
+from defects.metrics.segmentation import false_alarm_at_recall, image_rates
+
+log = logging.getLogger("defects")
 
 
 @dataclass
@@ -58,25 +64,69 @@ def binarize(gate: torch.Tensor, masks: torch.Tensor, thresholds: Thresholds) ->
     return binary & keep[:, :, None, None]
 
 
+#: What `ThresholdSearch` maximises: the config key `tune.objective` (see the class docstring).
+Objective = Literal["kaggle_dice", "defective_dice", "class_iou", "recall_at_fpr"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+
+
 @dataclass
 class ThresholdSearch:
     """Collects per-pair statistics on validation data, then picks the thresholds with the
-    best Kaggle Dice on a grid: only counts are kept (no probability maps), so it streams.
+    best `objective` on a grid: only counts are kept (no probability maps), so it streams.
+    Built from the run's `tune` config node (`tune.objective`, `tune.target_recall`).
+
+    Objectives (a pair is one (image, class); a clean pair has an empty truth mask):
+
+    - `kaggle_dice`: Severstal's mean Dice over all pairs, empty-empty counting 1. On a mostly
+      clean split it rewards predicting nothing: min areas up to 2048 px erase most masks.
+    - `defective_dice`: (mean Dice over defective pairs + mean Dice over clean pairs) / 2,
+      each mean pooled over every class's pairs (so the first is the report's
+      `dice_defective` and the second its `dice_clean`, the share of clean pairs left
+      empty). Both groups weigh half whatever the split's share of clean pairs, and neither
+      degenerate answer wins: predicting nothing scores at most 0.5 (clean term only),
+      predicting everything everywhere loses the whole clean term. A split without one of
+      the groups is scored on the other alone.
+    - `class_iou`: mean over classes of each class's IoU pooled over the split's pixels (sum
+      of intersections / sum of unions); a class absent from truth and prediction alike
+      counts 1 (nothing to find, nothing found), as Kaggle counts an empty-empty pair.
+    - `recall_at_fpr`: what a line operator sets: catch `target_recall` of the defective
+      images (an image is flagged when any class mask survives `binarize`) and reject as
+      few clean ones as possible. At each gate candidate the per-class pixel thresholds and
+      min areas are picked by `defective_dice` (Kaggle's mean would pick the min areas that
+      erase small defects on a mostly clean split, undoing the recall the gate keeps); of
+      the operating points that reach the target recall the one with the lowest image
+      false-alarm rate wins (ties: the better `defective_dice`, then the higher gate, i.e.
+      the highest gate that keeps the recall). When no point reaches the target, the one
+      with the highest recall wins and a warning says so. Its score is 1 - false-alarm rate.
+
+    For the first three every class's pixel threshold and min area are picked on their own
+    (each objective is a mean of per-class terms), the gate is shared.
 
     Gate thresholds tried: 0 (all pass) and cuts midway between neighbouring observed gate
     scores (at most `gate_cuts`, spread over the score quantiles), each as far as possible from
     the strips on both sides of it. A gate trained from scratch is often badly calibrated
     (every strip between 0.13 and 0.32, say) yet well ordered; a fixed 0.1 grid would see
-    only "all pass" there.
+    only "all pass" there. `recall_at_fpr` also tries the cut just below every defective
+    image's score: recall changes only there, and a subsampled grid could miss it.
     """
 
+    objective: Objective = "kaggle_dice"
+    target_recall: float = 0.99
     pixel_grid: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
     area_grid: Sequence[int] = (0, 64, 256, 512, 1024, 2048, 4096)
     gate_cuts: int = 64
-    counts: list[torch.Tensor] = field(default_factory=list)
-    overlaps: list[torch.Tensor] = field(default_factory=list)
-    truths: list[torch.Tensor] = field(default_factory=list)
-    gates: list[torch.Tensor] = field(default_factory=list)
+    counts: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
+    overlaps: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
+    truths: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
+    gates: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(
+                f"tune.objective: '{self.objective}' is not one of {', '.join(OBJECTIVES)}"
+            )
+        if not 0.0 < self.target_recall <= 1.0:
+            raise ConfigError(f"tune.target_recall: {self.target_recall} is not in (0, 1]")
 
     def update(self, gate: torch.Tensor, masks: torch.Tensor, truth: torch.Tensor) -> None:
         truth = truth.bool()
@@ -90,8 +140,9 @@ class ThresholdSearch:
         self.truths.append(truth.flatten(2).sum(-1).double())  # [N, K]
         self.gates.append(gate.max(dim=1).values.double())  # [N]
 
-    def pair_dice(self, gate_threshold: float) -> torch.Tensor:
-        """Dice per (image, class, pixel threshold, min area) -> [N, K, T, A]."""
+    def _kept(self, gate_threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Predicted and overlapping pixels per (image, class, pixel threshold, min area)
+        after the gate and the min area -> [N, K, T, A] twice, and truth pixels [N, K, 1, 1]."""
         counts, overlaps = torch.cat(self.counts), torch.cat(self.overlaps)
         truth = torch.cat(self.truths)[:, :, None, None]
         area = counts.new_tensor(list(self.area_grid)).view(1, 1, 1, -1)
@@ -99,8 +150,30 @@ class ThresholdSearch:
         kept = (counts[..., None] >= area) & opened
         pred = torch.where(kept, counts[..., None], torch.zeros_like(kept, dtype=counts.dtype))
         inter = torch.where(kept, overlaps[..., None], torch.zeros_like(pred))
+        return pred, inter, truth
+
+    def pair_dice(self, gate_threshold: float) -> torch.Tensor:
+        """Dice per (image, class, pixel threshold, min area) -> [N, K, T, A]."""
+        pred, inter, truth = self._kept(gate_threshold)
         total = pred + truth
         return torch.where(total == 0, torch.ones_like(total), 2 * inter / total.clamp(min=1))
+
+    def class_terms(self, gate_threshold: float, objective: str) -> torch.Tensor:
+        """Per class, the objective's term at every (pixel threshold, min area) -> [K, T, A];
+        the objective is the mean of the classes' terms (not for `recall_at_fpr`)."""
+        if objective == "class_iou":
+            pred, inter, truth = self._kept(gate_threshold)
+            overlap = inter.sum(0)
+            union = pred.sum(0) + truth.sum(0) - overlap
+            return torch.where(union == 0, torch.ones_like(union), overlap / union.clamp(min=1))
+        dice = self.pair_dice(gate_threshold)
+        if objective == "kaggle_dice":
+            return dice.mean(0)
+        if objective != "defective_dice":
+            raise ValueError(f"'{objective}' is not a per-class objective")
+        defective = (torch.cat(self.truths) > 0)[:, :, None, None]
+        groups = [(dice * g).sum(0) / g.sum() for g in (defective, ~defective) if g.any()]
+        return torch.stack(groups).mean(0) * dice.shape[1]
 
     def gate_candidates(self) -> list[float]:
         """0 and the midpoints between neighbouring observed gate scores, ascending."""
@@ -110,26 +183,94 @@ class ThresholdSearch:
             cuts = cuts[torch.linspace(0, len(cuts) - 1, self.gate_cuts).round().long()]
         return sorted({0.0} | {round(float(c), 6) for c in cuts})
 
+    def recall_gate_candidates(self) -> list[float]:
+        """`gate_candidates` and the cut just below each defective image's gate score."""
+        gates = torch.cat(self.gates)
+        scores = torch.unique(gates)
+        defective = torch.unique(gates[torch.cat(self.truths).sum(1) > 0])
+        below = torch.searchsorted(scores, defective) - 1  # the next lower observed score
+        cuts = (defective[below >= 0] + scores[below[below >= 0]]) / 2
+        return sorted(set(self.gate_candidates()) | {round(float(c), 6) for c in cuts})
+
+    def pick(self, gate_threshold: float, objective: str) -> tuple[Thresholds, float]:
+        """At one gate threshold, each class's best (pixel threshold, min area) and the
+        objective's value there."""
+        per_class = self.class_terms(gate_threshold, objective)  # [K, T, A]
+        flat = per_class.flatten(1)
+        scores, index = flat.max(1)
+        n_areas = len(self.area_grid)
+        candidate = Thresholds(
+            float(gate_threshold),
+            [float(self.pixel_grid[int(i) // n_areas]) for i in index],
+            [int(self.area_grid[int(i) % n_areas]) for i in index],
+        )
+        return candidate, float(scores.mean())
+
     def best(self) -> tuple[Thresholds, float]:
-        """The grid point with the highest mean pair Dice (gate shared, the rest per class)."""
+        """The grid point with the best objective (gate shared, the rest per class), and the
+        objective's value there (`recall_at_fpr`: 1 - the image false-alarm rate)."""
         if not self.counts:
             raise ValueError("threshold search saw no images")
+        if self.objective == "recall_at_fpr":
+            return self._best_at_recall()
         best: tuple[float, Thresholds] | None = None
         for gate_threshold in self.gate_candidates():
-            per_class = self.pair_dice(gate_threshold).mean(0)  # [K, T, A]
-            flat = per_class.flatten(1)
-            scores, index = flat.max(1)
-            n_areas = len(self.area_grid)
-            candidate = Thresholds(
-                float(gate_threshold),
-                [float(self.pixel_grid[int(i) // n_areas]) for i in index],
-                [int(self.area_grid[int(i) % n_areas]) for i in index],
-            )
-            score = float(scores.mean())
+            candidate, score = self.pick(gate_threshold, self.objective)
             if best is None or score >= best[0] - 1e-12:  # ties: the higher gate skips more
                 best = (score, candidate)
         assert best is not None
         return best[1], best[0]
+
+    def _best_at_recall(self) -> tuple[Thresholds, float]:
+        points = []
+        for gate_threshold in self.recall_gate_candidates():
+            candidate, score = self.pick(gate_threshold, "defective_dice")
+            rates = self.summary(candidate)
+            recall, false_alarm = rates["image_recall"], rates["image_false_alarm"]
+            points.append((recall, -false_alarm, score, gate_threshold, candidate))
+        reached = [p for p in points if p[0] >= self.target_recall - 1e-12]
+        if reached:
+            choice = max(reached, key=lambda p: p[1:4])
+        else:
+            choice = max(points, key=lambda p: p[:4])
+            log.warning(
+                "tune.target_recall %.4f is out of reach on validation: the best image "
+                "recall is %.4f (false-alarm rate %.4f)",
+                self.target_recall,
+                choice[0],
+                -choice[1],
+            )
+        return choice[4], 1.0 + choice[1]
+
+    def summary(self, thresholds: Thresholds) -> dict[str, float]:
+        """What `thresholds` (pixel thresholds on `pixel_grid`) score on the collected split,
+        the report's numbers: Kaggle Dice, defective- and clean-pair Dice, mean per-class
+        IoU, image recall and false-alarm rate (an image is flagged when a mask survives)."""
+        counts, overlaps = torch.cat(self.counts), torch.cat(self.overlaps)
+        truth, gates = torch.cat(self.truths), torch.cat(self.gates)
+        grid = [float(p) for p in self.pixel_grid]
+        missing = [p for p in thresholds.pixel if p not in grid]
+        if missing:
+            raise ValueError(f"pixel thresholds {missing} are not on the search's grid {grid}")
+        index = torch.tensor([grid.index(p) for p in thresholds.pixel])
+        classes = torch.arange(counts.shape[1])
+        count, overlap = counts[:, classes, index], overlaps[:, classes, index]  # [N, K]
+        kept = count >= count.new_tensor(thresholds.min_area)
+        kept &= (gates >= thresholds.gate)[:, None]
+        pred = torch.where(kept, count, torch.zeros_like(count))
+        inter = torch.where(kept, overlap, torch.zeros_like(count))
+        total = pred + truth
+        dice = torch.where(total == 0, torch.ones_like(total), 2 * inter / total.clamp(min=1))
+        union = pred.sum(0) + truth.sum(0) - inter.sum(0)
+        iou = torch.where(union == 0, torch.ones_like(union), inter.sum(0) / union.clamp(min=1))
+        defective = truth > 0
+        return {
+            "dice": float(dice.mean()),
+            "dice_defective": float(dice[defective].mean()) if defective.any() else 0.0,
+            "dice_clean": float(dice[~defective].mean()) if (~defective).any() else 0.0,
+            "mean_iou": float(iou.mean()),
+            **image_rates((pred > 0).any(1).numpy(), defective.any(1).numpy()),
+        }
 
 
 def gate_scores(gate: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, float]:
