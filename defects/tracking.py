@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,10 @@ class MetricsHistory(L.Callback):
 
     def __init__(self, path: str):
         self.path = Path(path)
+        self._start: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.monotonic()
 
     def _append(self, record: dict) -> None:
         history = json.loads(self.path.read_text()) if self.path.exists() else []
@@ -105,6 +110,8 @@ class MetricsHistory(L.Callback):
                 "epoch": trainer.current_epoch,
                 "step": trainer.global_step,
                 "run_id": run_ids[0] if run_ids else None,
+                # Wall seconds since training started: what a time budget buys, epoch by epoch.
+                "elapsed_s": round(time.monotonic() - self._start, 1) if self._start else None,
                 **metrics,
             }
         )

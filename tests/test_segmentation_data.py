@@ -92,6 +92,17 @@ def test_balanced_weights_favour_rare_classes() -> None:
     assert weights[5] == pytest.approx(1 / 2) and weights[6] == pytest.approx(1 / 2)
 
 
+def test_clean_share_gives_defect_free_images_that_share_of_the_draws() -> None:
+    labels = [set(), set(), set(), {3}, {3}, {2}, {2, 3}]
+    weights = balanced_weights(labels, clean_share=0.5)
+    assert sum(weights[:3]) == pytest.approx(0.5) and sum(weights[3:]) == pytest.approx(0.5)
+    plain = balanced_weights(labels)  # among the defective ones, the same class balance
+    assert weights[5] / weights[3] == pytest.approx(plain[5] / plain[3])
+    assert balanced_weights([{1}, {2}], clean_share=0.5) == balanced_weights([{1}, {2}])
+    with pytest.raises(ValueError, match="clean_share"):
+        balanced_weights(labels, clean_share=1.0)
+
+
 def test_balanced_sampling_loader_runs(steel_root: Path) -> None:
     dm = SegmentationDataModule(
         str(steel_root),

@@ -160,6 +160,7 @@ def test_train_tunes_thresholds_into_bundle(trained: dict) -> None:
         assert (out / "plots_dir" / name).stat().st_size > 0
     history = json.loads((out / "metrics_dir" / "history.json").read_text())
     assert [r["epoch"] for r in history] == [0, 1] and "val/dice" in history[-1]
+    assert 0 < history[0]["elapsed_s"] <= history[1]["elapsed_s"]  # wall time per epoch
 
 
 def test_evaluate_bundle_and_checkpoint_agree(trained: dict, steel_root: Path) -> None:

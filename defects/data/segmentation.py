@@ -153,13 +153,27 @@ def collate_same_size(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[t
     return torch.stack(images), torch.stack(masks)
 
 
-def balanced_weights(labels: Sequence[set[int]]) -> list[float]:
-    """Per-image sampling weight: the inverse frequency of its rarest class (0 = defect-free)."""
+def balanced_weights(labels: Sequence[set[int]], clean_share: float | None = None) -> list[float]:
+    """Per-image sampling weight: the inverse frequency of its rarest class (0 = defect-free).
+
+    With `clean_share`, the defect-free images together get that share of the draws and the
+    defective ones the rest, still balanced by class: a gate and a segmenter that see clean
+    tiles as one group in six (five classes) learn to fire on clean texture."""
     counts: dict[int, int] = {}
     for found in labels:
         for key in found or {0}:
             counts[key] = counts.get(key, 0) + 1
-    return [max(1.0 / counts[key] for key in (found or {0})) for found in labels]
+    weights = [max(1.0 / counts[key] for key in (found or {0})) for found in labels]
+    if clean_share is None:
+        return weights
+    if not 0.0 <= clean_share < 1.0:
+        raise ValueError(f"data.clean_share: must be in [0, 1), got {clean_share}")
+    clean = sum(w for w, found in zip(weights, labels, strict=True) if not found)
+    defective = sum(weights) - clean
+    if not clean or not defective:
+        return weights
+    scale = {True: clean_share / clean, False: (1 - clean_share) / defective}
+    return [w * scale[not found] for w, found in zip(weights, labels, strict=True)]
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -180,6 +194,7 @@ class SegmentationDataModule(L.LightningDataModule):
         resize: list[int] | None = None,
         augment: list[Any] | None = None,
         balanced_sampling: bool = False,
+        clean_share: float | None = None,
         strict: bool = True,
         seed: int = 0,
         cache_mb: float = 1024,
@@ -201,6 +216,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.resize = resize
         self.augment = augment or []
         self.balanced_sampling = balanced_sampling
+        self.clean_share = clean_share
         self.strict = strict
         self.seed = seed
         self.samples: dict[str, list[SegmentationSample]] = {}
@@ -276,7 +292,7 @@ class SegmentationDataModule(L.LightningDataModule):
             labels = [self.sample_classes(dataset, i) for i in range(len(dataset))]
             generator = torch.Generator().manual_seed(self.seed)
             sampler = WeightedRandomSampler(
-                balanced_weights(labels), len(dataset), generator=generator
+                balanced_weights(labels, self.clean_share), len(dataset), generator=generator
             )
         workers = loader_workers(self.num_workers, self.trainer)
         return DataLoader(

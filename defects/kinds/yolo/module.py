@@ -42,6 +42,7 @@ class YoloModule(L.LightningModule):
         loss_gains: dict[str, float] | None = None,
         warmup: WarmupOptions | None = None,
         lrf: float = 0.01,
+        decay_over_budget: bool = False,
         ema_decay: float = 0.9999,
         ema_tau: float = 2000.0,
         norm_momentum: float | None = None,
@@ -127,7 +128,8 @@ class YoloModule(L.LightningModule):
         return max(1, int(np.interp(iteration, [0, warmup_iters], [1, full]).round()))
 
     def on_train_start(self) -> None:
-        self._budget = budget_share(self.trainer)
+        if self.hparams["decay_over_budget"]:
+            self._budget = budget_share(self.trainer)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images, targets = batch
