@@ -14,7 +14,7 @@ from defects.metrics.coco_reference import (  # noqa: E402
     pycocotools_map,
     synthetic_predictions,
 )
-from defects.metrics.detection import make_map_metric  # noqa: E402
+from defects.metrics.detection import ap50_per_class, make_map_metric  # noqa: E402
 
 TOLERANCE = 1e-6
 
@@ -100,3 +100,16 @@ def test_edge_cases_match() -> None:
     assert reference["classes"] == [1, 2, 3]
     assert reference["map_per_class"][2] == -1.0  # predicted only: no AP, as in COCO
     assert not _mismatches(map_differences(result, reference))
+
+
+def test_ap50_per_class_matches_pycocotools() -> None:
+    preds, targets = synthetic_predictions(20, seed=3)
+    metric = make_map_metric(extended=True)
+    metric.update(preds, targets)
+    result = metric.compute()
+    reference = pycocotools_map(preds, targets, metric.iou_thresholds, metric.rec_thresholds)
+    ours = ap50_per_class(result)
+    assert len(ours) == len(reference["map_50_per_class"]) >= 3
+    assert ours == pytest.approx(reference["map_50_per_class"], abs=TOLERANCE)
+    assert len(set(np.round(ours, 4))) > 1  # classes differ: the test can tell them apart
+    assert np.mean(ours) == pytest.approx(float(result["map_50"]), abs=TOLERANCE)

@@ -40,7 +40,12 @@ TASKS = {
         TINY_WELD,
         weld_overrides,
         "val/mAP",
-        {"AP": "AP", "precision_per_class": "precision", "recall_per_class": "recall"},
+        {
+            "AP": "AP",
+            "AP50": "AP50",
+            "precision_per_class": "precision",
+            "recall_per_class": "recall",
+        },
         "detector.",
     ),
     "steel": (

@@ -20,7 +20,12 @@ from tests.conftest import compose_config, report_metrics, weld_overrides
 
 CLASSES = ["porosity", "crack", "lack_of_fusion", "slag_inclusion"]
 # train.json / eval.json group per-class numbers under these keys (JSON key -> metric group).
-NEST = {"AP": "AP", "precision_per_class": "precision", "recall_per_class": "recall"}
+NEST = {
+    "AP": "AP",
+    "AP50": "AP50",
+    "precision_per_class": "precision",
+    "recall_per_class": "recall",
+}
 MONITOR = "val/mAP"  # model/fasterrcnn.yaml
 
 

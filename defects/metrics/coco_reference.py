@@ -169,6 +169,10 @@ def pycocotools_map(
     result["mar_100_per_class"] = [
         _mean_valid(recall[:, cat_ids.index(c), all_area, max_100]) for c in classes
     ]
+    iou_50 = int(np.argmin(np.abs(evaluator.params.iouThrs - 0.5)))
+    result["map_50_per_class"] = [
+        _mean_valid(precision[iou_50, :, cat_ids.index(c), all_area, max_100]) for c in classes
+    ]
     return result
 
 

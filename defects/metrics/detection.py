@@ -43,7 +43,24 @@ def summarize_map(result: dict, class_names: Sequence[str], prefix: str) -> dict
     for class_id, ap in zip(classes, per_class, strict=True):
         if 1 <= class_id <= len(class_names) and ap >= 0:
             metrics[f"{prefix}/AP/{class_names[class_id - 1]}"] = float(ap)
+    if "precision" in result:  # an extended metric: AP50 per class too (COCO's own rule)
+        for class_id, ap50 in zip(classes, ap50_per_class(result), strict=True):
+            if 1 <= class_id <= len(class_names) and ap50 >= 0:
+                metrics[f"{prefix}/AP50/{class_names[class_id - 1]}"] = ap50
     return metrics
+
+
+def ap50_per_class(result: dict) -> list[float]:
+    """AP at IoU 0.5 per class of `result["classes"]` from an extended metric's precision
+    array (all areas, 100 detections): the mean of the precisions COCO defines (-1 when a
+    class has none), as pycocotools computes its per-class AP."""
+    precision = result["precision"]  # [T, R, K, A, M]
+    out = []
+    for k in range(precision.shape[2]):
+        values = precision[0, :, k, 0, -1]
+        valid = values[values > -1]
+        out.append(float(valid.double().mean()) if valid.numel() else -1.0)
+    return out
 
 
 def pr_curves(result: dict, class_names: Sequence[str], iou: float = 0.5) -> list[dict]:

@@ -144,12 +144,17 @@ def evaluate(
 def write_report(
     report: Report, class_names: list[str], metrics_json: Path, plots_dir: Path
 ) -> list[Path]:
-    """metrics JSON (AP, P, R per class nested), PR CSV + PNG, confusion matrix CSV + PNG
+    """metrics JSON (AP, AP50, P, R per class nested), PR CSV + PNG, confusion matrix CSV + PNG
     (normalized per true class), a predictions figure."""
     from defects.plots import plot_predictions
 
     prefix = report.prefix
-    nest = {"AP": "AP", "precision": "precision_per_class", "recall": "recall_per_class"}
+    nest = {
+        "AP": "AP",
+        "AP50": "AP50",
+        "precision": "precision_per_class",
+        "recall": "recall_per_class",
+    }
     outputs = [write_metrics_json(report.metrics, prefix, metrics_json, nest)]
     outputs += write_pr_curves(report.extras["pr_rows"], plots_dir, prefix)
     outputs += write_confusion_matrix(report.extras["confusion"], class_names, plots_dir, prefix)
