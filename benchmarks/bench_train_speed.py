@@ -217,8 +217,13 @@ def measure_ours(overrides: list[str], batches: int, epoch: bool) -> dict[str, f
     return result
 
 
-def measure_ultralytics(overrides: list[str], out: Path) -> dict[str, float]:
-    """One epoch of Ultralytics' own trainer on our folder, at our image size and batch."""
+def measure_ultralytics(overrides: list[str], out: Path, threads: int) -> dict[str, float]:
+    """One epoch of Ultralytics' own trainer on our folder, at our image size and batch.
+
+    Its trainer runs torch on one thread whatever the process may use (measured: the same
+    epoch time pinned to 1 and to 2 cores); at the epoch start torch gets `threads` back,
+    so "2 cores" is two threads for both trainers."""
+    import torch
     import yaml
 
     from defects.kinds.yolo import adapter
@@ -238,6 +243,11 @@ def measure_ultralytics(overrides: list[str], out: Path) -> dict[str, float]:
     def mark(name: str) -> Any:
         return lambda trainer: marks.setdefault(name, time.perf_counter())
 
+    def start(trainer: Any) -> None:
+        marks["threads_before"] = float(torch.get_num_threads())
+        torch.set_num_threads(threads)
+        marks.setdefault("start", time.perf_counter())
+
     adapter.train_reference(
         str(data_yaml),
         cfg.model.model_yaml,
@@ -245,7 +255,7 @@ def measure_ultralytics(overrides: list[str], out: Path) -> dict[str, float]:
         name="run",
         exist_ok=True,
         callbacks={
-            "on_train_epoch_start": mark("start"),
+            "on_train_epoch_start": start,
             "on_train_epoch_end": mark("train_end"),
             "on_fit_epoch_end": mark("end"),
         },
@@ -262,6 +272,7 @@ def measure_ultralytics(overrides: list[str], out: Path) -> dict[str, float]:
     train_images = len(list((data / "train" / "images").iterdir()))
     train_s, valid_s = marks["train_end"] - marks["start"], marks["end"] - marks["train_end"]
     return {
+        "their_threads": marks["threads_before"],
         "epoch_train_s": train_s,
         "epoch_valid_s": valid_s,
         "epoch_img_s": train_images / (train_s + valid_s),
@@ -280,7 +291,7 @@ def worker(args: argparse.Namespace) -> None:
         out = Path(tmp)
         overrides = overrides_for(args.kind, args.synthetic, out, args.override)
         if args.side == "ultralytics":
-            result = measure_ultralytics(overrides, out)
+            result = measure_ultralytics(overrides, out, args.cores)
         else:
             result = measure_ours(overrides, args.batches, not args.no_epoch)
     result["threads_seen"] = float(torch.get_num_threads())
