@@ -56,7 +56,10 @@ class KindContract:
     def known_defect(self, request: pytest.FixtureRequest) -> None:
         reason = KNOWN.get((self.kind, request.node.originalname))
         if reason:
-            request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
+            # Not strict: whether the trace on random pixels goes astray depends on the
+            # overfit weights, which move with any change to training (it passed on
+            # 2026-12-07 with channels-last training, failed before).
+            request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
 
     def test_learns(self, run: Trained) -> None:
         CONTRACTS[self.kind].learned(run.losses, run.metrics)

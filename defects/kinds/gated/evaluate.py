@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchmetrics.classification import MultilabelJaccardIndex
+from torchmetrics.classification import BinaryJaccardIndex, MultilabelJaccardIndex
 from torchmetrics.functional.classification import binary_precision_recall_curve
 
 from defects.kinds.base import EvalData, Report, split_prefix
@@ -63,7 +63,12 @@ def evaluate(
     classes = len(predictor.class_names)
     dice = SeverstalDice(predictor.class_names)
     # a class absent from truth and prediction alike scores 1: nothing to find, none found
-    iou = MultilabelJaccardIndex(classes, average="none", zero_division=1.0)
+    # (torchmetrics' multilabel metric needs two labels or more: one class is binary IoU)
+    iou = (
+        MultilabelJaccardIndex(classes, average="none", zero_division=1.0)
+        if classes > 1
+        else BinaryJaccardIndex(zero_division=1.0)
+    )
     gates, present, flagged = [], [], []
     pictures: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     samples = datamodule.eval_samples(split)
@@ -72,14 +77,17 @@ def evaluate(
         truth = datamodule.truth(sample)
         pred, target = torch.from_numpy(result.masks)[None], torch.from_numpy(truth)[None]
         dice.update(pred, target)
-        iou.update(pred.long(), target.long())
+        if classes > 1:
+            iou.update(pred.long(), target.long())
+        else:
+            iou.update(pred[:, 0].long(), target[:, 0].long())
         gates.append(result.gate)
         present.append(bool(truth.any()))
         flagged.append(bool(result.masks.any()))
         if len(pictures) < n_samples:
             pictures.append((image, truth, result.masks))
     metrics = {f"{prefix}/{k}": float(v) for k, v in dice.compute().items()}
-    per_class = iou.compute() if samples else torch.ones(classes)
+    per_class = iou.compute().reshape(-1) if samples else torch.ones(classes)
     metrics[f"{prefix}/mean_iou"] = float(per_class.mean())
     for name, value in zip(predictor.class_names, per_class, strict=True):
         metrics[f"{prefix}/iou/{name}"] = float(value)
