@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from lightning.pytorch.accelerators import CPUAccelerator
+
 AUTO = "auto"
 
 
@@ -24,6 +26,6 @@ def loader_workers(num_workers: int | str, trainer: Any = None) -> int:
             raise ValueError(f"data.num_workers: must be >= 0 or '{AUTO}', got {num_workers}")
         return count
     accelerator = getattr(trainer, "accelerator", None)
-    if accelerator is None or type(accelerator).__name__ == "CPUAccelerator":
+    if accelerator is None or isinstance(accelerator, CPUAccelerator):
         return 0
     return max(0, min(4, (len(os.sched_getaffinity(0)) or 1) - 1))

@@ -200,6 +200,7 @@ class SegmentationDataModule(L.LightningDataModule):
         cache_mb: float = 1024,
     ):
         super().__init__()
+        DecodedCache(cache_mb)  # a bad value fails here
         self.cache_mb = cache_mb
         self.caches: dict[str, DecodedCache] = {}  # one per split, kept across its loaders
         self.root = Path(root)
@@ -267,13 +268,18 @@ class SegmentationDataModule(L.LightningDataModule):
         steps = self._geometry(train) + (list(self.augment) if train else [])
         return build_transform(steps, bbox=False, seed=self.seed if train else None)
 
+    def _cache(self, split: str) -> DecodedCache:
+        if split not in self.caches:
+            self.caches[split] = DecodedCache(self.cache_mb)
+        return self.caches[split]
+
     def dataset(self, split: str) -> SegmentationDataset:
         return SegmentationDataset(
             self.split_samples(split),
             self.num_classes,
             self.transform(split == "train"),
             self.channels,
-            self.caches.setdefault(split, DecodedCache(self.cache_mb)),
+            self._cache(split),
         )
 
     def setup(self, stage: str | None = None) -> None:

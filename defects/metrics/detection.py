@@ -50,14 +50,20 @@ def summarize_map(result: dict, class_names: Sequence[str], prefix: str) -> dict
     return metrics
 
 
+def iou_index(iou: float) -> int:
+    """The index of an IoU threshold in `make_map_metric`'s 0.50:0.05:0.95."""
+    return int(round((iou - 0.5) / 0.05))
+
+
 def ap50_per_class(result: dict) -> list[float]:
     """AP at IoU 0.5 per class of `result["classes"]` from an extended metric's precision
     array (all areas, 100 detections): the mean of the precisions COCO defines (-1 when a
     class has none), as pycocotools computes its per-class AP."""
     precision = result["precision"]  # [T, R, K, A, M]
+    at_50 = iou_index(0.5)
     out = []
     for k in range(precision.shape[2]):
-        values = precision[0, :, k, 0, -1]
+        values = precision[at_50, :, k, 0, -1]
         valid = values[values > -1]
         out.append(float(valid.double().mean()) if valid.numel() else -1.0)
     return out
@@ -70,14 +76,14 @@ def pr_curves(result: dict, class_names: Sequence[str], iou: float = 0.5) -> lis
     are dropped.
     """
     precision = result["precision"]  # [T, R, K, A, M]
-    iou_index = int(round((iou - 0.5) / 0.05))
+    at_iou = iou_index(iou)
     recall_points = np.linspace(0.0, 1.0, precision.shape[1])
     classes = torch.atleast_1d(result["classes"]).tolist()
     rows = []
     for k, class_id in enumerate(classes):
         if not 1 <= class_id <= len(class_names):
             continue
-        curve = precision[iou_index, :, k, 0, -1].numpy()
+        curve = precision[at_iou, :, k, 0, -1].numpy()
         for recall, value in zip(recall_points, curve, strict=True):
             if value >= 0:
                 rows.append(

@@ -29,8 +29,24 @@ def pair_dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         )
     pred, target = pred.bool().flatten(2), target.bool().flatten(2)
     intersection = (pred & target).sum(-1).double()
-    total = pred.sum(-1).double() + target.sum(-1).double()
+    return dice_from_counts(intersection, pred.sum(-1).double(), target.sum(-1).double())
+
+
+def dice_from_counts(
+    intersection: torch.Tensor, predicted: torch.Tensor, truth: torch.Tensor
+) -> torch.Tensor:
+    """Dice from pixel counts (any matching shapes); both empty -> 1, as Kaggle scores it."""
+    total = predicted + truth
     return torch.where(total == 0, torch.ones_like(total), 2.0 * intersection / total.clamp(min=1))
+
+
+def iou_from_counts(
+    intersection: torch.Tensor, predicted: torch.Tensor, truth: torch.Tensor
+) -> torch.Tensor:
+    """IoU from pixel counts (any matching shapes); both empty -> 1 (nothing to find, none
+    found)."""
+    union = predicted + truth - intersection
+    return torch.where(union == 0, torch.ones_like(union), intersection / union.clamp(min=1))
 
 
 class SeverstalDice(Metric):

@@ -18,7 +18,12 @@ import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from defects.config import ConfigError
-from defects.metrics.segmentation import false_alarm_at_recall, image_rates
+from defects.metrics.segmentation import (
+    dice_from_counts,
+    false_alarm_at_recall,
+    image_rates,
+    iou_from_counts,
+)
 
 log = logging.getLogger("defects")
 
@@ -155,17 +160,14 @@ class ThresholdSearch:
     def pair_dice(self, gate_threshold: float) -> torch.Tensor:
         """Dice per (image, class, pixel threshold, min area) -> [N, K, T, A]."""
         pred, inter, truth = self._kept(gate_threshold)
-        total = pred + truth
-        return torch.where(total == 0, torch.ones_like(total), 2 * inter / total.clamp(min=1))
+        return dice_from_counts(inter, pred, truth)
 
     def class_terms(self, gate_threshold: float, objective: str) -> torch.Tensor:
         """Per class, the objective's term at every (pixel threshold, min area) -> [K, T, A];
         the objective is the mean of the classes' terms (not for `recall_at_fpr`)."""
         if objective == "class_iou":
             pred, inter, truth = self._kept(gate_threshold)
-            overlap = inter.sum(0)
-            union = pred.sum(0) + truth.sum(0) - overlap
-            return torch.where(union == 0, torch.ones_like(union), overlap / union.clamp(min=1))
+            return iou_from_counts(inter.sum(0), pred.sum(0), truth.sum(0))
         dice = self.pair_dice(gate_threshold)
         if objective == "kaggle_dice":
             return dice.mean(0)
@@ -259,10 +261,8 @@ class ThresholdSearch:
         kept &= (gates >= thresholds.gate)[:, None]
         pred = torch.where(kept, count, torch.zeros_like(count))
         inter = torch.where(kept, overlap, torch.zeros_like(count))
-        total = pred + truth
-        dice = torch.where(total == 0, torch.ones_like(total), 2 * inter / total.clamp(min=1))
-        union = pred.sum(0) + truth.sum(0) - inter.sum(0)
-        iou = torch.where(union == 0, torch.ones_like(union), inter.sum(0) / union.clamp(min=1))
+        dice = dice_from_counts(inter, pred, truth)
+        iou = iou_from_counts(inter.sum(0), pred.sum(0), truth.sum(0))
         defective = truth > 0
         return {
             "dice": float(dice.mean()),
