@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
+from defects.data.mosaic import FastMosaic
+
 
 def build_transform(
     steps: Sequence[Any] | None,
@@ -58,7 +60,7 @@ def canvas_mosaic(
     p: float = 1.0,
     grid: int = 3,
     aspect: float | None = None,
-) -> A.Mosaic:
+) -> FastMosaic:
     """An albumentations `Mosaic` of `size` cells on a 2·size canvas, for an affine step and a
     `size` centre crop after it.
 
@@ -89,7 +91,7 @@ def canvas_mosaic(
         cell = (round(size * aspect), size)
     else:
         cell = (size, round(size / aspect))
-    return A.Mosaic(
+    return FastMosaic(
         grid_yx=(grid, grid),
         target_size=(2 * size, 2 * size),
         cell_shape=cell,
