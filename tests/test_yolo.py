@@ -236,6 +236,39 @@ def test_decode_keeps_every_candidate_no_time_limit() -> None:
     assert len(out["scores"]) == n
 
 
+
+def test_runner_batches_canvases_of_one_shape_with_the_answers_of_one_at_a_time() -> None:
+    """Mixed shapes: one network call per canvas shape, each image's own boxes, in order."""
+    from defects.kinds.yolo.predictor import YoloRunner
+
+    calls: list[tuple[int, ...]] = []
+
+    def network(x: torch.Tensor) -> torch.Tensor:
+        # Per image and elementwise, so a batch gives exactly each image's own output: one
+        # anchor per 8x8 block, a box around it, class scores from the block's channel means.
+        calls.append(tuple(x.shape))
+        n, _, h, w = x.shape
+        blocks = torch.nn.functional.avg_pool2d(x, 8)  # n, 3, h/8, w/8
+        ys, xs = torch.meshgrid(torch.arange(h // 8), torch.arange(w // 8), indexing="ij")
+        centre = torch.stack((xs * 8 + 4.0, ys * 8 + 4.0)).flatten(1).expand(n, 2, -1)
+        size = torch.full_like(centre, 8.0)
+        return torch.cat((centre, size, blocks[:, :2].flatten(2)), 1)
+
+    post = {"imgsz": 128, "conf": 0.3, "iou": 0.5, "max_det": 300, "rect": True, "stride": 32}
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(64, 128), (128, 64), (64, 128), (128, 128), (60, 120)]
+    images = [torch.rand(3, h, w, generator=gen) for h, w in shapes]
+    batched = YoloRunner(network, post)(images)
+    assert sorted(calls) == [(1, 3, 128, 64), (1, 3, 128, 128), (3, 3, 64, 128)]
+    calls.clear()
+    for image, got in zip(images, batched, strict=True):
+        (want,) = YoloRunner(network, post)([image])
+        assert len(want["scores"]) > 0
+        for key in ("boxes", "labels", "scores"):
+            assert torch.equal(got[key], want[key]), key
+    assert len(calls) == len(images)
+
+
 # ---------------------------------------------------------------- augmentation
 def test_mosaic_pipeline_makes_square_canvases_and_close_mosaic_turns_it_off(
     tmp_path: Path,

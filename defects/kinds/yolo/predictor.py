@@ -34,21 +34,32 @@ class YoloRunner:
         self.stride = int(postprocess.get("stride", 32)) if rect else None
 
     def __call__(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        out = []
-        for image in images:
-            canvas, place = letterbox(image, self.size, self.stride)
-            raw = self.network(canvas)[0].cpu()
-            out.append(decode(raw, place, self.conf, self.iou, self.max_det))
+        """Images whose canvases have one shape go through the network as one batch (a batch
+        of 16 NEU-DET canvases runs several times faster per image on a CPU than 16 single
+        ones); each is decoded on its own."""
+        placed = [letterbox(image, self.size, self.stride) for image in images]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, (canvas, _) in enumerate(placed):
+            groups.setdefault(tuple(canvas.shape), []).append(index)
+        out: list[dict[str, torch.Tensor]] = [{} for _ in images]
+        for indices in groups.values():
+            raw = self.network(torch.cat([placed[i][0] for i in indices])).cpu()
+            for row, index in zip(raw, indices, strict=True):
+                out[index] = decode(row, placed[index][1], self.conf, self.iou, self.max_det)
         return out
 
 
 class OnnxNetwork:
-    """The exported YOLO graph in ONNX Runtime: [1, C, S, S] -> [1, 4 + classes, anchors]."""
+    """The exported YOLO graph in ONNX Runtime: [N, C, S, S] -> [N, 4 + classes, anchors]."""
 
     def __init__(self, path: Path, threads: int = 0):
         self.session = cpu_session(path, threads)
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        (raw,) = self.session.run(None, {self.input: np.ascontiguousarray(x.numpy())})
-        return torch.from_numpy(raw)
+        """A batch runs one image at a time: the graph is traced with a batch of one."""
+        rows = [
+            self.session.run(None, {self.input: np.ascontiguousarray(x[i : i + 1].numpy())})[0]
+            for i in range(x.shape[0])
+        ]
+        return torch.from_numpy(np.concatenate(rows))
