@@ -236,7 +236,6 @@ def test_decode_keeps_every_candidate_no_time_limit() -> None:
     assert len(out["scores"]) == n
 
 
-
 def test_runner_batches_canvases_of_one_shape_with_the_answers_of_one_at_a_time() -> None:
     """Mixed shapes: one network call per canvas shape, each image's own boxes, in order."""
     from defects.kinds.yolo.predictor import YoloRunner
