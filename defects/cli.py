@@ -111,7 +111,7 @@ def preview(root: str, out_png: str, n: int = 8, split: str = "train") -> str:
 def predict(
     model: str,
     input: str,
-    output: str = "outputs/predictions",
+    output: str | None = None,
     threshold: float | None = None,
     overlays: bool = True,
     backend: str = "eager",
@@ -124,6 +124,7 @@ def predict(
     summary.json ({image: {gate, areas}}) and submission.csv (Severstal
     ImageId,ClassId,EncodedPixels), which is returned. `threshold` overrides the main
     threshold (detection: score; gated segmentation: gate). `backend`: eager or onnx.
+    `output`: default <outputs root>/predictions (DEFECTS_OUTPUT_DIR, else ./outputs).
     """
     from defects.data.images import list_images
     from defects.predict import load, predict_images
@@ -137,11 +138,15 @@ def predict(
     images = list_images(source) if source.is_dir() else [source]
     if not images:
         raise FileNotFoundError(f"--input: {source}: no images found")
-    return str(predict_images(predictor, images, Path(output), bool(overlays)))
+    from defects.settings import load_settings
+
+    folder = Path(output) if output else load_settings().output_path("predictions")
+    return str(predict_images(predictor, images, folder, bool(overlays)))
 
 
 def export(model: str, format: str = "onnx", output: str | None = None) -> str:
-    """Export a bundle for ONNX Runtime: graph(s) + export.json (default outputs/onnx/<name>).
+    """Export a bundle for ONNX Runtime: graph(s) + export.json (default outputs/onnx/<name>;
+    the outputs root is DEFECTS_OUTPUT_DIR when set).
 
     `defects.load(folder)`, `predict --model folder` and `serve --model folder` use it.
     """
