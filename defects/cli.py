@@ -17,6 +17,7 @@ python -m defects cvat_to_yolo annotations.xml data/new/labels --data_yaml data/
 python -m defects cvat_video_to_yolo annotations.xml labels/line3 --name_pattern "line3_{:06d}"
 python -m defects import_cvat_yolo cvat_export_yolo data/line3
 python -m defects sanitize data/raw_photos --dry_run
+python -m defects doctor --json
 """
 
 from __future__ import annotations
@@ -298,6 +299,23 @@ def prelabel(
     return run(model, frames_dir, out_dir, float(confidence), backend)
 
 
+def doctor(
+    json: bool = False, timeout: float = 3.0, min_disk_gb: float = 5.0, min_memory_gb: float = 2.0
+) -> None:
+    """Is this machine set up right? One line per check (✔/✖, and the fix for a ✖): Python,
+    torch, CUDA and the GPUs, the yolo and dvc extras, ONNX Runtime, the MLflow store, the DVC
+    remote, the data/model/output folders, free disk and memory, Chromium.
+
+    Exits 1 when a required check fails; `--json` prints the checks as a JSON list.
+    `--timeout`: seconds each network check waits.
+    """
+    from defects.doctor import doctor as run
+
+    status = run(bool(json), ".", float(timeout), float(min_disk_gb), float(min_memory_gb))
+    if status:
+        raise SystemExit(status)
+
+
 COMMANDS = {
     "import_voc": import_voc,
     "import_masks": import_masks,
@@ -313,6 +331,7 @@ COMMANDS = {
     "cvat_video_to_yolo": cvat_video_to_yolo,
     "import_cvat_yolo": import_cvat_yolo,
     "sanitize": sanitize,
+    "doctor": doctor,
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import lightning as L
@@ -27,8 +27,11 @@ def offline_environment() -> None:
     """The process environment every entry point starts from. Hubs stay untouched unless the
     user opts in (air-gapped factories, reproducible CI); the machine's S3 endpoint and
     credentials, from the environment or `.env` (defects.settings), go under the names boto3
-    and MLflow read."""
-    export_environment()
+    and MLflow read. Settings that do not read cleanly are left to fail, with their message,
+    where they are used (a config's `${setting:...}`, the device, the tracking store), so
+    `defects doctor` and commands that need no setting still run."""
+    with suppress(SettingsError):
+        export_environment()
     for name, value in (
         ("HF_HUB_OFFLINE", "1"),
         ("YOLO_OFFLINE", "1"),

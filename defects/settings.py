@@ -34,8 +34,12 @@ ENV_PREFIX = "DEFECTS_"
 ENV_FILE_VARIABLE = "DEFECTS_ENV_FILE"
 DEFAULT_ENV_FILE = ".env"
 RESOLVER = "setting"
-# The outputs root outside Hydra (predictions, exports); config.yaml's hydra.run.dir says the same.
-DEFAULT_OUTPUT_DIR = "outputs"
+# The folder roots where nothing sets them: the defaults the configs give `${setting:...}`
+# (paths/default.yaml, config.yaml's hydra.run.dir; a test holds them equal), for code
+# outside Hydra (predictions, exports, defects doctor).
+# MLflow's store where nothing sets one (MLflow refuses plain file stores now).
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+FOLDER_DEFAULTS = {"data_dir": "data", "model_dir": "models", "output_dir": "outputs"}
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
 
@@ -117,9 +121,13 @@ class Settings(BaseSettings):
             raise SettingsError(f"${{{RESOLVER}:{name}}}: a secret never goes into the config")
         return default if found is None else found
 
+    def folder(self, name: str) -> Path:
+        """A folder root (data_dir, model_dir, output_dir): this machine's, else the default."""
+        return Path(self.value(name, FOLDER_DEFAULTS[name]))
+
     def output_path(self, *parts: str) -> Path:
         """A folder under the outputs root (DEFECTS_OUTPUT_DIR, else ./outputs)."""
-        return Path(self.output_dir or DEFAULT_OUTPUT_DIR).joinpath(*parts)
+        return self.folder("output_dir").joinpath(*parts)
 
     def inference_device(self, default: str = "cpu") -> str:
         """A torch device for predictors: `auto` picks cuda when there is one."""

@@ -13,11 +13,9 @@ import lightning as L
 from lightning.pytorch.loggers import MLFlowLogger
 
 from defects.formats.io import atomic_write_text
-from defects.settings import load_settings
+from defects.settings import DEFAULT_TRACKING_URI, load_settings  # noqa: F401 (re-exported)
 
 log = logging.getLogger("defects")
-
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:

@@ -17,7 +17,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from defects.settings import (
+    DEFAULT_TRACKING_URI,
     ENV_FILE_VARIABLE,
+    FOLDER_DEFAULTS,
     Settings,
     SettingsError,
     export_environment,
@@ -112,6 +114,20 @@ def test_output_dir_moves_the_hydra_run_folder(
     cfg = compose_with_hydra(["task=weld", "hydra.run.dir=/cli/run"])
     assert cfg.hydra.run.dir == "/cli/run"
     assert str(load_settings().output_path("predictions")) == "/env/out/predictions"
+
+
+def test_code_defaults_are_the_config_defaults(machine: Path) -> None:
+    """Outside Hydra (predict, export, doctor) the folder roots default to what the configs'
+    `${setting:NAME,DEFAULT}` say; the tracking store to tracking.py's default."""
+    from defects.tracking import resolve_tracking_uri
+
+    cfg = compose_with_hydra(["task=weld"])
+    settings = load_settings()
+    assert str(settings.folder("data_dir")) == cfg.paths.data_root == FOLDER_DEFAULTS["data_dir"]
+    assert str(settings.folder("model_dir")) == cfg.paths.model_root
+    assert cfg.hydra.run.dir.startswith(f"{settings.folder('output_dir')}/hydra/")
+    assert cfg.logger.tracking_uri is None
+    assert resolve_tracking_uri(cfg.logger.tracking_uri) == DEFAULT_TRACKING_URI
 
 
 def test_defects_name_beats_the_standard_name_in_one_place(
