@@ -13,9 +13,28 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load"]
 
 
-def load(path: Any, device: str = "cpu", backend: str = "eager", threads: int = 0) -> Any:
+def _setting(name: str, default: Any = None) -> Any:
+    """`${setting:NAME,DEFAULT}`: the machine's setting (defects.settings), read when the
+    config is resolved, so pydantic loads only for a config that asks."""
+    from defects.settings import setting
+
+    return setting(name, default)
+
+
+def _register_resolver() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("setting"):
+        OmegaConf.register_new_resolver("setting", _setting)
+
+
+_register_resolver()
+
+
+def load(path: Any, device: str | None = None, backend: str = "eager", threads: int = 0) -> Any:
     """The predictor of a model bundle (`backend="eager"` or `"onnx"`) or of an export folder
-    written by `python -m defects export`; imports torch only when called."""
+    written by `python -m defects export`; imports torch only when called. `device`: the
+    machine's setting (DEFECTS_DEVICE) when not given, else cpu."""
     from defects.predict import load as _load
 
     return _load(path, device, backend, threads)

@@ -17,6 +17,7 @@ python -m defects cvat_to_yolo annotations.xml data/new/labels --data_yaml data/
 python -m defects cvat_video_to_yolo annotations.xml labels/line3 --name_pattern "line3_{:06d}"
 python -m defects import_cvat_yolo cvat_export_yolo data/line3
 python -m defects sanitize data/raw_photos --dry_run
+python -m defects doctor --json
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def preview(root: str, out_png: str, n: int = 8, split: str = "train") -> str:
 def predict(
     model: str,
     input: str,
-    output: str = "outputs/predictions",
+    output: str | None = None,
     threshold: float | None = None,
     overlays: bool = True,
     backend: str = "eager",
@@ -124,6 +125,7 @@ def predict(
     summary.json ({image: {gate, areas}}) and submission.csv (Severstal
     ImageId,ClassId,EncodedPixels), which is returned. `threshold` overrides the main
     threshold (detection: score; gated segmentation: gate). `backend`: eager or onnx.
+    `output`: default <outputs root>/predictions (DEFECTS_OUTPUT_DIR, else ./outputs).
     """
     from defects.data.images import list_images
     from defects.predict import load, predict_images
@@ -137,11 +139,15 @@ def predict(
     images = list_images(source) if source.is_dir() else [source]
     if not images:
         raise FileNotFoundError(f"--input: {source}: no images found")
-    return str(predict_images(predictor, images, Path(output), bool(overlays)))
+    from defects.settings import load_settings
+
+    folder = Path(output) if output else load_settings().output_path("predictions")
+    return str(predict_images(predictor, images, folder, bool(overlays)))
 
 
 def export(model: str, format: str = "onnx", output: str | None = None) -> str:
-    """Export a bundle for ONNX Runtime: graph(s) + export.json (default outputs/onnx/<name>).
+    """Export a bundle for ONNX Runtime: graph(s) + export.json (default outputs/onnx/<name>;
+    the outputs root is DEFECTS_OUTPUT_DIR when set).
 
     `defects.load(folder)`, `predict --model folder` and `serve --model folder` use it.
     """
@@ -293,6 +299,23 @@ def prelabel(
     return run(model, frames_dir, out_dir, float(confidence), backend)
 
 
+def doctor(
+    json: bool = False, timeout: float = 3.0, min_disk_gb: float = 5.0, min_memory_gb: float = 2.0
+) -> None:
+    """Is this machine set up right? One line per check (✔/✖, and the fix for a ✖): Python,
+    torch, CUDA and the GPUs, the yolo and dvc extras, ONNX Runtime, the MLflow store, the DVC
+    remote, the data/model/output folders, free disk and memory, Chromium.
+
+    Exits 1 when a required check fails; `--json` prints the checks as a JSON list.
+    `--timeout`: seconds each network check waits.
+    """
+    from defects.doctor import doctor as run
+
+    status = run(bool(json), ".", float(timeout), float(min_disk_gb), float(min_memory_gb))
+    if status:
+        raise SystemExit(status)
+
+
 COMMANDS = {
     "import_voc": import_voc,
     "import_masks": import_masks,
@@ -308,6 +331,7 @@ COMMANDS = {
     "cvat_video_to_yolo": cvat_video_to_yolo,
     "import_cvat_yolo": import_cvat_yolo,
     "sanitize": sanitize,
+    "doctor": doctor,
 }
 
 

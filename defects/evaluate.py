@@ -29,6 +29,7 @@ from defects.runtime import (
     restore_tracking_env,
     run_entry,
 )
+from defects.settings import start_app
 
 log = logging.getLogger("defects")
 
@@ -99,4 +100,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    start_app(main)

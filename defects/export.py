@@ -15,6 +15,7 @@ from defects.bundle import check_plain, load_bundle
 from defects.formats.io import atomic_directory
 from defects.kinds import get_kind
 from defects.kinds.base import EXPORT_FORMAT, EXPORT_MANIFEST, bundle_meta
+from defects.settings import load_settings
 
 FORMATS = ("onnx",)
 
@@ -22,8 +23,9 @@ FORMATS = ("onnx",)
 def export_bundle(
     bundle: str | Path | dict[str, Any], output: str | Path | None = None, format: str = "onnx"
 ) -> Path:
-    """Export a bundle (path or loaded dict) to `output` (default: outputs/onnx/<bundle's
-    folder name>, never inside the bundle's folder, which DVC may own)."""
+    """Export a bundle (path or loaded dict) to `output` (default: <outputs root>/onnx/<bundle's
+    folder name>, the root a machine setting, DEFECTS_OUTPUT_DIR; never inside the bundle's
+    folder, which DVC may own)."""
     if format not in FORMATS:
         raise ValueError(f"--format: '{format}' is not one of {', '.join(FORMATS)}")
     if isinstance(bundle, dict):
@@ -32,7 +34,8 @@ def export_bundle(
         loaded = bundle
     else:
         loaded = load_bundle(bundle)
-        output = output or Path("outputs") / "onnx" / Path(bundle).resolve().parent.name
+        folder = Path(bundle).resolve().parent.name
+        output = output or load_settings().output_path("onnx", folder)
     kind = get_kind(loaded["model"]["kind"])
     out = Path(output)
     with atomic_directory(out) as tmp:

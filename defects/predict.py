@@ -17,6 +17,7 @@ from defects.formats.errors import FormatError
 from defects.kinds import get_kind
 from defects.kinds.base import EXPORT_FORMAT, EXPORT_MANIFEST, Predictor
 from defects.runtime import offline_environment
+from defects.settings import load_settings
 
 log = logging.getLogger("defects")
 
@@ -49,11 +50,12 @@ def stored_kind(path: str | Path) -> str:
 
 
 def load(
-    path: str | Path, device: str = "cpu", backend: str = "eager", threads: int = 0
+    path: str | Path, device: str | None = None, backend: str = "eager", threads: int = 0
 ) -> Predictor:
     """The predictor of a bundle (`backend="eager"` or `"onnx"`) or of an export folder.
 
-    An ONNX predictor of a bundle is exported to a temporary folder first (nothing is written
+    `device`: the machine's setting (DEFECTS_DEVICE, defects.settings) when not given, else
+    cpu. An ONNX predictor of a bundle is exported to a temporary folder first (nothing is written
     next to the bundle); ONNX Runtime reads the graphs when the sessions are made.
     """
     offline_environment()
@@ -69,7 +71,7 @@ def load(
     kind = get_kind(bundle["model"]["kind"])
     bundle["model"]["kind"] = kind.name
     if backend == "eager":
-        return kind.predictor(bundle, device)
+        return kind.predictor(bundle, device or load_settings().inference_device())
     from defects.export import export_bundle
 
     with tempfile.TemporaryDirectory(prefix="defects-onnx-") as tmp:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from defects.config import validate_config
 from defects.formats.errors import FormatError
 from defects.runtime import has_target, offline_environment, run_entry
+from defects.settings import start_app
 
 log = logging.getLogger("defects")
 
@@ -45,4 +46,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    start_app(main)

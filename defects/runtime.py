@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import lightning as L
@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from defects.config import ConfigError
 from defects.formats.errors import FormatError
+from defects.settings import SettingsError, export_environment
 from defects.tracking import flatten_params
 
 T = TypeVar("T")
@@ -23,7 +24,14 @@ log = logging.getLogger("defects")
 
 
 def offline_environment() -> None:
-    """Hubs stay untouched unless the user opts in (air-gapped factories, reproducible CI)."""
+    """The process environment every entry point starts from. Hubs stay untouched unless the
+    user opts in (air-gapped factories, reproducible CI); the machine's S3 endpoint and
+    credentials, from the environment or `.env` (defects.settings), go under the names boto3
+    and MLflow read. Settings that do not read cleanly are left to fail, with their message,
+    where they are used (a config's `${setting:...}`, the device, the tracking store), so
+    `defects doctor` and commands that need no setting still run."""
+    with suppress(SettingsError):
+        export_environment()
     for name, value in (
         ("HF_HUB_OFFLINE", "1"),
         ("YOLO_OFFLINE", "1"),
@@ -111,5 +119,12 @@ def run_entry(function: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     """Run an entry point; bad input ends it with one line naming the key or file, no traceback."""
     try:
         return function(cfg)
-    except (ConfigError, FormatError, FileNotFoundError, MissingMetricError, TrainingError) as exc:
+    except (
+        ConfigError,
+        FormatError,
+        FileNotFoundError,
+        MissingMetricError,
+        SettingsError,
+        TrainingError,
+    ) as exc:
         raise SystemExit(f"defects: {exc}") from None

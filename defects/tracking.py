@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,19 +13,19 @@ import lightning as L
 from lightning.pytorch.loggers import MLFlowLogger
 
 from defects.formats.io import atomic_write_text
+from defects.settings import DEFAULT_TRACKING_URI, load_settings  # noqa: F401 (re-exported)
 
 log = logging.getLogger("defects")
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
-
 
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """Config beats the environment, which beats the local sqlite default.
+    """Config beats the machine's setting (MLFLOW_TRACKING_URI or DEFECTS_TRACKING_URI in the
+    environment, then `.env`), which beats the local sqlite default.
 
     MLflow refuses plain file stores now, so the default is a sqlite database that
     `mlflow ui --backend-store-uri sqlite:///mlruns.db` shows.
     """
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    return tracking_uri or load_settings().tracking_uri or DEFAULT_TRACKING_URI
 
 
 def make_mlflow_logger(

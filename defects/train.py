@@ -35,6 +35,7 @@ from defects.runtime import (
     restore_tracking_env,
     run_entry,
 )
+from defects.settings import start_app
 from defects.tracking import log_artifact
 
 log = logging.getLogger("defects")
@@ -141,4 +142,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    start_app(main)

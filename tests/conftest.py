@@ -20,6 +20,11 @@ for _name, _value in (
 ):
     os.environ[_name] = _value
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# The machine's settings (defects/settings.py) stay out of the tests: no DEFECTS_* variable
+# from the shell, and no developer's ./.env (an empty file instead).
+for _name in [n for n in os.environ if n.upper().startswith("DEFECTS_")]:
+    del os.environ[_name]
+os.environ["DEFECTS_ENV_FILE"] = os.devnull
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -67,3 +68,31 @@ def running_server(
         yield proc
     finally:
         stop_process_group(proc)
+
+
+@contextmanager
+def mlflow_server(root: Path, timeout: float = 90.0) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 (sqlite store and proxied artifacts under `root`); yields
+    its URL and stops it afterwards."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # No huey job runner (a handful of extra processes and a /dev/shm queue) and no telemetry.
+    env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+    ]  # fmt: skip
+    with running_server(command, f"{url}/health", root, timeout, env):
+        yield url
+
+
+@contextmanager
+def moto_server(root: Path, timeout: float = 30.0) -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1; yields its endpoint URL and stops it afterwards."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with running_server(command, f"{url}/moto-api/", root, timeout):
+        yield url

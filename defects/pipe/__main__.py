@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from defects.pipe.stages import STAGES, run_stage
 from defects.runtime import run_entry
+from defects.settings import start_app
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
@@ -31,4 +32,4 @@ def _args(argv: list[str]) -> list[str]:
 
 if __name__ == "__main__":
     sys.argv[1:] = _args(sys.argv[1:])
-    main()
+    start_app(main)
