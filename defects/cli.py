@@ -1,5 +1,9 @@
-"""Data and model tools on the command line: `python -m defects COMMAND --help`.
+"""The `defects` command (also `python -m defects`): `defects COMMAND --help`.
 
+defects prepare task=weld
+defects train task=weld trainer.max_epochs=2
+defects evaluate task=weld
+defects pipe all
 python -m defects import_voc NEU/images NEU/annotations data/neu_det --seed 0
 python -m defects import_masks magnetic_tile_src data/magnetic_tile --classes magnetic_tile
 python -m defects preview data/weld plots/weld/data_samples.png
@@ -316,7 +320,26 @@ def doctor(
         raise SystemExit(status)
 
 
+def _hydra_verb(verb: str) -> Any:
+    """A verb that hands its words to a Hydra app; `main` routes the verb before fire parses
+    anything (fire would take `-m` or `--help` as its own), this only lists it in `--help`."""
+    module = f"defects.{verb}"
+
+    def run(*overrides: str) -> None:
+        from defects.apps import run_app
+
+        run_app(verb, [str(o) for o in overrides])
+
+    run.__name__ = verb
+    run.__doc__ = f"The Hydra app `python -m {module}`: key=value overrides, -m, --help."
+    return run
+
+
 COMMANDS = {
+    "prepare": _hydra_verb("prepare"),
+    "train": _hydra_verb("train"),
+    "evaluate": _hydra_verb("evaluate"),
+    "pipe": _hydra_verb("pipe"),
     "import_voc": import_voc,
     "import_masks": import_masks,
     "preview": preview,
@@ -335,8 +358,39 @@ COMMANDS = {
 }
 
 
+HELP = ("-h", "--help")
+
+
+def help_request(args: list[str]) -> list[str] | None:
+    """`args` in fire's own spelling of a help request (`COMMAND -- --help`), or None where no
+    help is asked for. fire takes `defects predict --help` too, but adds a note on stderr."""
+    if "--" in args:
+        return args if any(a in HELP for a in args[args.index("--") + 1 :]) else None
+    if not any(a in HELP for a in args):
+        return None
+    return [a for a in args if a not in HELP] + ["--", "--help"]
+
+
 def main(argv: list[str] | None = None) -> None:
-    """fire's command line; a user error ends it with one line naming the argument or file."""
+    """fire's command line; a user error ends it with one line naming the argument or file.
+
+    `defects train ...` (prepare, evaluate, pipe) runs the Hydra app with the words as typed.
+    Help goes to stdout, as people pipe it (fire writes it to stderr), without loading torch.
+    """
+    import contextlib
+    import sys
+
+    from defects.apps import APPS, run_app
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in APPS:
+        run_app(args[0], args[1:])
+        return
+    asked = help_request(args)
+    if asked is not None:
+        with contextlib.redirect_stderr(sys.stdout):
+            fire.Fire(COMMANDS, command=asked, name="defects")
+        return
     from defects.config import ConfigError
     from defects.formats.errors import FormatError
     from defects.runtime import offline_environment
@@ -344,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     offline_environment()
     try:
-        fire.Fire(COMMANDS, command=argv)
+        fire.Fire(COMMANDS, command=args, name="defects")
     except (ConfigError, FormatError, FileNotFoundError, FileExistsError, ValueError) as exc:
         raise SystemExit(f"defects: {exc}") from None
 

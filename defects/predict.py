@@ -86,12 +86,10 @@ def predict_images(
 
     Each image is decoded once and the array feeds both the model and the overlay.
     """
-    from tqdm import tqdm
+    from defects.progress import progress
 
     writer = get_kind(predictor.kind).writer(predictor, out_dir, overlays)
-    results = predictor.predict_many(images)
-    for path, (image, result) in zip(
-        images, tqdm(results, total=len(images), desc="predict", unit="img"), strict=True
-    ):
+    results = progress(predictor.predict_many(images), "predict", len(images))
+    for path, (image, result) in zip(images, results, strict=True):
         writer.add(path, image, result)
     return writer.close()

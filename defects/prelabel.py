@@ -14,6 +14,7 @@ from pathlib import Path
 from defects.formats.cvat import write_cvat_images_xml
 from defects.formats.io import staged_directory
 from defects.formats.yolo import YoloBox, write_class_names, write_yolo_labels
+from defects.progress import progress
 from defects.results import Result
 
 __all__ = ["prelabel"]
@@ -61,7 +62,8 @@ def prelabel(
     predictor = defects.load(model, backend=backend)
     predictor.set_threshold(float(confidence))
     items: list[tuple[str, int, int, list[YoloBox]]] = []
-    for path, (array, result) in zip(images, predictor.predict_many(images), strict=True):
+    results = progress(predictor.predict_many(images), "prelabel", len(images))
+    for path, (array, result) in zip(images, results, strict=True):
         height, width = array.shape[:2]
         items.append((path.name, width, height, _yolo_boxes(result, width, height, path.name)))
     names = list(predictor.class_names)

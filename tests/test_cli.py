@@ -9,18 +9,26 @@ from pathlib import Path
 
 import pytest
 
-from defects.cli import as_list, split_fractions
+from defects.cli import as_list, help_request, split_fractions
+from defects.progress import bars_disabled
 from tests.test_formats_voc import make_dataset
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def run_cli(*args: str, home: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, **({"HOME": str(home)} if home else {})}
+
+def run_cli(
+    *args: str, home: Path | None = None, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess:
+    # this checkout's package, also when run from another folder (`cwd`)
+    path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
+    env = {**os.environ, **({"HOME": str(home)} if home else {}), "PYTHONPATH": path, **env}
     return subprocess.run(
         [sys.executable, "-m", "defects", *args],
         capture_output=True,
         text=True,
         timeout=180,
         env=env,
+        cwd=cwd,
     )
 
 
@@ -65,3 +73,60 @@ def test_list_flags_take_what_fire_hands_over() -> None:
     assert split_fractions("0.5,0.25,0.25") == (0.5, 0.25, 0.25)
     with pytest.raises(ValueError, match="--split"):
         split_fractions((0.5, 0.5))
+
+
+def test_help_names_the_command_on_stdout() -> None:
+    """`python -m defects --help` is `defects`, not `__main__.py`, and pipes like any help."""
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[:2] == ["NAME", "defects"], result.stdout[:200]
+    assert "__main__" not in result.stdout + result.stderr
+    commands = result.stdout.split("COMMANDS")[1]
+    assert all(verb in commands.split() for verb in ("prepare", "train", "evaluate", "pipe"))
+    predict = run_cli("predict", "--help")
+    assert predict.returncode == 0 and "defects predict MODEL INPUT" in predict.stdout
+
+
+def test_help_request_in_fires_spelling() -> None:
+    assert help_request(["--help"]) == ["--", "--help"]
+    assert help_request(["predict", "--model", "m", "-h"]) == [
+        "predict",
+        "--model",
+        "m",
+        "--",
+        "--help",
+    ]
+    assert help_request(["predict", "--", "--help"]) == ["predict", "--", "--help"]
+    assert help_request(["predict", "--model", "m"]) is None
+
+
+def test_hydra_verbs_pass_their_words_through(tmp_path: Path) -> None:
+    """`defects prepare ARGS` is `python -m defects.prepare ARGS`, with progress bars."""
+    data, plots = tmp_path / "data", tmp_path / "plots"
+    result = run_cli(
+        "prepare", "task=weld", "prepare.n_train=3", "prepare.n_valid=1", "prepare.n_test=1",
+        "prepare.width=160", "prepare.height=128",
+        f"paths.data_dir={data}", f"paths.plots_dir={plots}",
+        cwd=tmp_path,
+        TQDM_DISABLE="0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    counts = {s: len(list((data / s / "images").glob("*.png"))) for s in ("train", "valid", "test")}
+    assert counts == {"train": 3, "valid": 1, "test": 1}
+    assert "data/train: 100%" in result.stderr  # the generator's bar, forced on in a pipe
+    assert (tmp_path / "outputs" / "hydra" / "weld").is_dir()  # Hydra's own run folder
+
+    helped = run_cli("train", "--help", cwd=tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    assert "powered by Hydra" in helped.stdout and "task: pipe, steel, weld" in helped.stdout
+
+
+def test_progress_bars_follow_tqdm_disable(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value, disabled in (("1", True), ("true", True), ("0", False), ("", None)):
+        monkeypatch.setenv("TQDM_DISABLE", value)
+        assert bars_disabled() is disabled, value
+    monkeypatch.delenv("TQDM_DISABLE")
+    assert bars_disabled() is None  # tqdm's own rule: a bar where stderr is a terminal
+    monkeypatch.setenv("TQDM_DISABLE", "maybe")
+    with pytest.raises(ValueError, match="TQDM_DISABLE"):
+        bars_disabled()

@@ -31,6 +31,7 @@ from defects.formats.yolo import (
     write_class_names,
     write_yolo_labels,
 )
+from defects.progress import progress
 
 __all__ = [
     "CvatBox",
@@ -597,7 +598,7 @@ def import_cvat_yolo_export(
     if images == 0:
         logger.warning("%s: the export has no images; writing labels and data.yaml only", folder)
     with atomic_directory(out) as tmp:
-        for key, frame in by_stem.items():
+        for key, frame in progress(by_stem.items(), "import CVAT YOLO", len(by_stem)):
             write_yolo_labels(tmp / "labels" / f"{key}.txt", frame.boxes)
             if frame.image is not None:
                 target = tmp / "images" / frame.name

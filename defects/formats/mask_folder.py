@@ -30,6 +30,7 @@ from defects.formats.errors import FormatError, SkipReport, handle
 from defects.formats.io import atomic_directory, atomic_write_bytes
 from defects.formats.layout import IMAGE_SUFFIXES, SPLITS
 from defects.formats.voc import _check_split, _is_within, _split_counts
+from defects.progress import progress
 
 __all__ = [
     "MAGNETIC_TILE_CLASSES",
@@ -407,7 +408,8 @@ def import_mask_folder(
     empty_masks = 0
     for key, folder in folders.items():
         items: list[_Item] = []
-        for pair in _pair_files(folder, suffixes, mask_suffix, strict, report):
+        pairs = _pair_files(folder, suffixes, mask_suffix, strict, report)
+        for pair in progress(pairs, f"read {key}"):
             out_stem = f"{prefixes[key]}__{pair.stem}"
             try:
                 shape = _image_shape(pair.image)
@@ -467,7 +469,8 @@ def import_mask_folder(
         for split in SPLITS:
             (tmp / split / "images").mkdir(parents=True)
             (tmp / split / "masks").mkdir(parents=True)
-            for item in sorted(assignment[split], key=lambda it: it.out_stem):
+            ordered = sorted(assignment[split], key=lambda it: it.out_stem)
+            for item in progress(ordered, f"write {split}"):
                 image_name = f"{item.out_stem}{item.image.suffix}"
                 shutil.copyfile(item.image, tmp / split / "images" / image_name)
                 if item.mask is not None:

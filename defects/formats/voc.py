@@ -17,6 +17,7 @@ from defects.formats.io import atomic_directory
 from defects.formats.layout import IMAGE_SUFFIXES, SPLITS
 from defects.formats.xml_lines import LinedXml, finite_number, parse_xml
 from defects.formats.yolo import YoloBox, write_class_names, write_yolo_labels
+from defects.progress import progress
 
 __all__ = ["VocObject", "VocAnnotation", "read_voc", "convert_voc_dataset"]
 
@@ -225,7 +226,7 @@ def convert_voc_dataset(
         handle(FormatError(images[stem], f"no annotation {stem}.xml in {ann_root}"), strict, report)
 
     parsed: list[tuple[str, Path, VocAnnotation]] = []
-    for stem in sorted(xmls):
+    for stem in progress(sorted(xmls), "read VOC", unit="xml"):
         xml_path = xmls[stem]
         if stem not in images:
             handle(FormatError(xml_path, f"no image named {stem}.* in {img_root}"), strict, report)
@@ -315,7 +316,7 @@ def convert_voc_dataset(
         for name in SPLITS:
             (tmp / name / "images").mkdir(parents=True)
             (tmp / name / "labels").mkdir(parents=True)
-            for item in assignment[name]:
+            for item in progress(assignment[name], f"write {name}"):
                 shutil.copy2(item.image, tmp / name / "images" / item.image.name)
                 write_yolo_labels(tmp / name / "labels" / f"{item.stem}.txt", item.boxes)
         write_class_names(tmp / "data.yaml", names)

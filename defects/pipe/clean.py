@@ -61,6 +61,7 @@ from defects.formats.yolo import (
     write_class_names,
 )
 from defects.pipe.coarse import image_size
+from defects.progress import progress
 
 __all__ = [
     "CleanConfig",
@@ -479,7 +480,7 @@ def _judge_images(images: list[ImageRecord], config: CleanConfig) -> tuple[list[
     """Box rules per file (filling each image's ``kept``) and its hashes; (removals, clipped)."""
     removals: list[Removal] = []
     clipped: list[dict] = []
-    for im in images:
+    for im in progress(images, "clean"):
         im.kept, removed, cut = clean_boxes(im.boxes, im.width, im.height, config)
         removals += [Removal(r, im.split, im.label_rel, b.line, why) for r, b, why in removed]
         clipped += [{"file": im.label_rel, "line": b.line} for b in cut]

@@ -29,6 +29,7 @@ from defects.formats.io import atomic_directory
 from defects.formats.layout import SPLITS, is_image_file
 from defects.formats.mask_folder import mask_components, write_index_mask
 from defects.formats.yolo import YoloBox, read_class_names, read_yolo_labels
+from defects.progress import progress
 
 __all__ = [
     "box_pixels",
@@ -129,7 +130,7 @@ def coarse_masks(
     with ExitStack() as stack:
         for split, items in plan.items():
             tmp = stack.enter_context(atomic_directory(out_root / split / "coarse_masks"))
-            for stem, boxes, width, height in items:
+            for stem, boxes, width, height in progress(items, f"coarse masks {split}"):
                 write_index_mask(tmp / f"{stem}.png", coarse_mask(boxes, width, height))
     return {split: len(items) for split, items in plan.items()}
 

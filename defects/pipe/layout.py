@@ -37,6 +37,7 @@ from defects.formats.mask_folder import read_index_mask, write_index_mask
 from defects.formats.yolo import read_yolo_labels
 from defects.pipe.coarse import box_pixels
 from defects.pipe.refine import crop_image, crop_window
+from defects.progress import progress
 
 __all__ = ["VARIANTS", "read_fine", "train_mask_folder", "write_crop_layout", "write_mask_layout"]
 
@@ -121,7 +122,7 @@ def write_mask_layout(
         listed = [names[class_id]] if class_id is not None else names
         for split, images in _start_layout(root, tmp, listed, splits):
             counts[split] = 0
-            for image in images:
+            for image in progress(images, f"{variant} layout {split}"):
                 folder = (
                     train_mask_folder(variant, image.stem, fine)
                     if split == "train"

@@ -65,6 +65,7 @@ from defects.pipe.refine import (
     refine_boxes,
     uncrop,
 )
+from defects.progress import progress
 from defects.runtime import has_target, offline_environment, restore_tracking_env
 
 if TYPE_CHECKING:
@@ -388,7 +389,7 @@ def refine_stage(cfg: DictConfig) -> dict:
         refined_dir, grabcut_dir = (out / "train" / folder for folder in REFINE_OUTPUTS)
         refined_dir.mkdir(parents=True)
         grabcut_dir.mkdir(parents=True)
-        for path in images:
+        for path in progress(images, "refine"):
             image = read_image(path, 3)
             height, width = image.shape[:2]
             boxes = read_yolo_labels(train_dir / "labels" / f"{path.stem}.txt", len(names))
@@ -433,7 +434,10 @@ def _read_masks(folder: Path, stems: Sequence[str], num_classes: int) -> list[np
 def _predict_split(predictor: SegmentationPredictor, images: Sequence[Path], out: Path) -> None:
     """Write each image's predicted index mask to ``out/<stem>.png`` (folder swapped whole)."""
     with atomic_directory(out) as tmp:
-        for path, (_, result) in zip(images, predictor.predict_many(images), strict=True):
+        results = progress(
+            predictor.predict_many(images), f"predict {out.parent.name}/{out.name}", len(images)
+        )
+        for path, (_, result) in zip(images, results, strict=True):
             write_index_mask(tmp / f"{path.stem}.png", result.index_mask())
 
 
@@ -565,7 +569,8 @@ def run_stage(cfg: DictConfig, stage: str | None = None) -> Any:
     offline_environment()
     stage = str(stage or cfg.stage)
     if stage == "all":
-        return {name: function(cfg) for name, function in STAGES.items()}
+        stages = progress(STAGES.items(), "pipe", len(STAGES), unit="stage")
+        return {name: function(cfg) for name, function in stages}
     if stage not in STAGES:
         raise ConfigError(f"stage: unknown pipe stage {stage!r}; one of {', '.join(STAGES)}, all")
     return STAGES[stage](cfg)

@@ -19,6 +19,7 @@ import numpy as np
 
 from defects.formats.errors import FormatError
 from defects.formats.io import atomic_write_text, staged_directory
+from defects.progress import progress
 from defects.video.frames import iter_frames, read_video_info, write_video
 
 __all__ = ["MANIFEST", "MANIFEST_FIELDS", "extract_frames", "cut_chunks", "chunk_bounds"]
@@ -58,7 +59,7 @@ def extract_frames(
     frames = iter_frames(video, every_k=every_k, every_seconds=every_seconds)
     names: list[str] = []
     with staged_directory(out_dir) as tmp:
-        for index, rgb in frames:
+        for index, rgb in progress(frames, f"frames of {Path(video).name}", unit="frame"):
             name = f"{stem}_{index:06d}.{suffix}"
             _imwrite(tmp / name, rgb)  # the staging folder already makes the set atomic
             names.append(name)
@@ -95,7 +96,10 @@ def cut_chunks(
     if length * info.fps < 1:  # shorter chunks would repeat a boundary: an empty chunk
         raise ValueError(f"seconds={length:g} is shorter than one frame at {info.fps:g} fps")
     stem, source = Path(video).stem, os.fspath(video)
-    frames = iter_frames(video)
+    bar = progress(
+        iter_frames(video), f"chunks of {Path(video).name}", info.frame_count or None, "frame"
+    )
+    frames = iter(bar)
     pending: list[tuple[int, np.ndarray] | None] = [next(frames, None)]
     rows: list[dict] = []
     with staged_directory(out_dir) as tmp:

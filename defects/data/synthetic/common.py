@@ -17,6 +17,7 @@ from defects.formats.io import atomic_directory
 
 # Re-exported: the generators import SPLITS from here.
 from defects.formats.layout import SPLITS as SPLITS
+from defects.progress import progress
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
@@ -156,27 +157,44 @@ class SplitWriter:
     """The dataset root being written, its splits in order and the threads that render them."""
 
     def __init__(
-        self, root: Path, pool: Executor, counts: Mapping[str, int], folders: Sequence[str]
+        self,
+        root: Path,
+        pool: Executor,
+        counts: Mapping[str, int],
+        folders: Sequence[str],
+        name: str = "",
     ) -> None:
         self.root = root
         self._pool = pool
         self._counts = counts
         self._folders = folders
+        self._name = name  # the dataset's, for the progress bars
+        self._split = ""
 
     def splits(self) -> Iterator[Split]:
         """train, valid, test, each once its folders (``folders`` with ``{split}``) exist."""
         for index, name in enumerate(SPLITS):
             for folder in self._folders:
                 (self.root / folder.format(split=name)).mkdir(parents=True)
+            self._split = name
             yield Split(index, name, self._counts[name], self.root)
 
-    def map(self, make: Callable[[Job], Result], jobs: Iterable[Job]) -> Iterator[Result]:
-        """``make`` over ``jobs`` on the writer's threads, results in job order.
+    def map(
+        self,
+        make: Callable[[Job], Result],
+        jobs: Iterable[Job],
+        desc: str | None = None,
+        unit: str = "img",
+    ) -> Iterator[Result]:
+        """``make`` over ``jobs`` on the writer's threads, results in job order, with a
+        progress bar (``desc``, default ``<dataset>/<split>``).
 
         The first failure is re-raised. Each job carries its own RNG, so what is written does
         not depend on which thread ran it or when.
         """
-        return self._pool.map(make, jobs)
+        jobs = list(jobs)
+        desc = desc or "/".join(filter(None, (self._name, self._split)))
+        return iter(progress(self._pool.map(make, jobs), desc, total=len(jobs), unit=unit))
 
 
 @contextmanager
@@ -190,4 +208,4 @@ def split_writer(
     laptop has at least two cores. ``folders`` are made per split, e.g. ``"{split}/images"``.
     """
     with atomic_directory(out_dir) as tmp, ThreadPoolExecutor(max_workers=2) as pool:
-        yield SplitWriter(Path(tmp), pool, counts, folders)
+        yield SplitWriter(Path(tmp), pool, counts, folders, Path(out_dir).name)

@@ -964,7 +964,7 @@ def generate_pipe_dataset(
                     n_duplicates, n_false_boxes, fine_per_class,
                 )  # fmt: skip
                 frames = frames + copies
-            list(writer.map(partial(_write_frame, split.dir), frames))
+            list(writer.map(partial(_write_frame, split.dir), frames, desc=f"write {split.name}"))
             summary["images"][split.name] = len(frames)
         record["rare_boxes"] = summary["rare_boxes"]
         atomic_write_text(root / "fine.txt", "".join(f"{f.stem}\n" for f in fine))

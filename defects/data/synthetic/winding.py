@@ -1122,7 +1122,8 @@ def generate_winding_dataset(
                 for i, (child, classes) in enumerate(plan)
             ]
             first_id += len(plan)
-            for video, labels, cut in writer.map(make, jobs):  # re-raises the first failure
+            # re-raises the first failure
+            for video, labels, cut in writer.map(make, jobs, unit="video"):
                 summary["frames"][split.name] += len(cut)
                 summary["defect_free"] += not any(labels)
                 for index in cut:

@@ -25,6 +25,7 @@ from defects.metrics.detection import (
     precision_recall,
     summarize_map,
 )
+from defects.progress import progress
 from defects.reports import write_confusion_matrix, write_metrics_json, write_pr_curves
 from defects.results import Detections
 
@@ -79,7 +80,8 @@ def ranked_detections(
     predictor: DetectionPredictor, samples: Sequence[EvalSample]
 ) -> Iterator[tuple[np.ndarray, Detections]]:
     """(decoded image, every detection the network keeps) of each sample, in order."""
-    return predictor.predict_many([s.image for s in samples], step=predictor.detect_all)
+    ranked = predictor.predict_many([s.image for s in samples], step=predictor.detect_all)
+    return iter(progress(ranked, "detect", len(samples)))
 
 
 def tune(predictor: DetectionPredictor, datamodule: EvalData) -> tuple[dict[str, Any], float]:

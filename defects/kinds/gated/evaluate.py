@@ -19,6 +19,7 @@ from defects.kinds.base import EvalData, Report, split_prefix
 from defects.kinds.gated.predictor import SegmentationPredictor
 from defects.kinds.gated.thresholds import ThresholdSearch, gate_scores
 from defects.metrics.segmentation import SeverstalDice, image_rates
+from defects.progress import progress
 from defects.reports import write_metrics_json, write_pr_curves
 
 
@@ -44,7 +45,11 @@ def tune(
     (`ThresholdSearch.summary`: Dice, IoU, image recall and false-alarm rate)."""
     search = ThresholdSearch() if search is None else search
     samples = datamodule.eval_samples("valid")
-    outputs = predictor.predict_many([s.image for s in samples], step=predictor.ungated)
+    outputs = progress(
+        predictor.predict_many([s.image for s in samples], step=predictor.ungated),
+        "tune valid",
+        len(samples),
+    )
     for sample, (_, (gate, probs)) in zip(samples, outputs, strict=True):
         truth = torch.from_numpy(datamodule.truth(sample))
         search.update(gate[None], probs[None], truth[None])
@@ -72,7 +77,7 @@ def evaluate(
     gates, present, flagged = [], [], []
     pictures: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     samples = datamodule.eval_samples(split)
-    results = predictor.predict_many([s.image for s in samples])
+    results = progress(predictor.predict_many([s.image for s in samples]), split, len(samples))
     for sample, (image, result) in zip(samples, results, strict=True):
         truth = datamodule.truth(sample)
         pred, target = torch.from_numpy(result.masks)[None], torch.from_numpy(truth)[None]

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from defects.kinds.gated.net import Segmenter
+from defects.progress import progress
 
 
 def export_onnx(segmenter: Segmenter, folder: str | Path, in_channels: int = 1) -> Path:
@@ -22,7 +23,7 @@ def export_onnx(segmenter: Segmenter, folder: str | Path, in_channels: int = 1) 
     segmenter = copy.deepcopy(segmenter).eval()
     example = torch.rand(2, in_channels, 256, 320)
     parts = segmenter.parts()
-    for name, part in parts.items():
+    for name, part in progress(parts.items(), "export", len(parts), unit="graph"):
         if name == "decode":
             with torch.inference_mode():
                 _, *features = parts["encode"](example)
