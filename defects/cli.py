@@ -174,7 +174,8 @@ def serve(
     `--confidence`: the model's main threshold (a detection's score, a segmenter's gate), for
     the stream and uploads alike.
     Runs on waitress with `--threads` workers (default 16): each video viewer holds one, 4
-    stay for uploads and checks, so 16 threads admit 12 viewers and the next gets 503.
+    stay for uploads and checks, so 16 threads admit 12 viewers; one more waits up to 3 s
+    for a slot, then gets 503.
     `--dev`: Flask's development server instead (debugging only). Binds 127.0.0.1 unless
     `--host` says otherwise. Ctrl-C / SIGTERM close the stream and stop the server.
     """

@@ -209,3 +209,13 @@ def test_threads_must_be_positive() -> None:
     app = create_app(SquareDetector())
     with pytest.raises(ValueError, match="--threads must be at least 1"):
         run_server(app, port=free_port(), threads=0)
+
+
+def test_cli_refuses_too_few_threads_before_loading_the_model(video: Path, tmp_path: Path) -> None:
+    import fire
+
+    from defects.cli import COMMANDS
+
+    command = ["serve", "--model", str(tmp_path / "none.pt"), "--source", str(video)]
+    with pytest.raises(ValueError, match="--threads 4 leaves no thread for /video_feed viewers"):
+        fire.Fire(COMMANDS, command=[*command, "--threads", "4"])
