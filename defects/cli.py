@@ -13,6 +13,7 @@ python -m defects export --model models/steel/bundle.pt --format onnx
 python -m defects predict --model models/steel/onnx --input data/steel/test/images
 python -m defects serve --model models/steel/bundle.pt --port 8000 --backend onnx
 python -m defects serve --model models/weld/bundle.pt --source line3.mp4 --confidence 0.6
+python -m defects serve --model models/weld/bundle.pt --source 0 --threads 24 --host 0.0.0.0
 python -m defects extract_frames line3.mp4 frames/line3 --every_seconds 0.5
 python -m defects cut_chunks line3.mp4 chunks/line3 --seconds 60
 python -m defects prelabel models/weld/bundle.pt frames/line3 prelabels/line3 --confidence 0.3
@@ -171,8 +172,10 @@ def serve(
     loop: bool = True,
     no_loop: bool = False,
     realtime: bool = True,
+    threads: int = 16,
+    dev: bool = False,
 ) -> None:
-    """Serve a bundle or export as an upload page (/), /predict, /api/predict and /health.
+    """Serve a bundle or export: upload page (/), /predict, /api/predict, /health, /metrics.
 
     `--source` (a video file, a camera index such as 0, or an http:// / rtsp:// URL) adds
     live inspection: the page shows the video with the model's overlay (/video_feed, MJPEG)
@@ -180,15 +183,21 @@ def serve(
     (`--no-loop`: the stream ends); a lost camera or URL is retried with back-off.
     `--confidence`: the model's main threshold (a detection's score, a segmenter's gate), for
     the stream and uploads alike.
-    Binds 127.0.0.1 unless `--host` says otherwise. Flask's own server (threaded, one thread
-    per viewer): for a bench or a local demo, not for exposure to the internet.
+    Runs on waitress with `--threads` workers (default 16): each video viewer holds one, 4
+    stay for uploads and checks, so 16 threads admit 12 viewers; one more waits up to 3 s
+    for a slot, then gets 503.
+    `--dev`: Flask's development server instead (debugging only). Binds 127.0.0.1 unless
+    `--host` says otherwise. Ctrl-C / SIGTERM close the stream and stop the server.
     """
+    from defects.server import viewer_limit
     from defects.stream import StreamConfig, parse_source
 
     if source is not None:
         parse_source(source)  # a missing file is an error before torch and the model load
+    max_viewers = None if dev or source is None else viewer_limit(int(threads))
     from defects.predict import load
     from defects.serve import STREAM_EXTENSION, create_app
+    from defects.server import run_server
 
     predictor = load(model, backend=backend)
     if confidence is not None:
@@ -203,13 +212,18 @@ def serve(
             realtime=bool(realtime),
             confidence=None if confidence is None else float(confidence),
         )
-    app = create_app(predictor, max_upload_mb=int(max_upload_mb), stream=stream)
-    try:
-        app.run(host=host, port=int(port), threaded=True)
-    finally:
-        live = app.extensions.get(STREAM_EXTENSION)
-        if live is not None:
-            live.close()
+    app = create_app(
+        predictor, max_upload_mb=int(max_upload_mb), stream=stream, max_viewers=max_viewers
+    )
+    live = app.extensions.get(STREAM_EXTENSION)
+    run_server(
+        app,
+        host=host,
+        port=int(port),
+        threads=int(threads),
+        dev=bool(dev),
+        on_stop=live.close if live is not None else lambda: None,
+    )
 
 
 def extract_frames(

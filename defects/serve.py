@@ -1,128 +1,88 @@
 """A small Flask page and JSON API around a loaded bundle: `python -m defects serve --model ...`.
 
-GET /            upload form (plain inline HTML: no external assets, works offline)
+GET /            upload form (templates/index.html, static/defects.css: no external assets,
+                 works offline)
 POST /predict    HTML page: overlay as an inline PNG, class areas, gate probability
 POST /api/predict  JSON: {image, ...the result's record} (boxes, or gate + RLE masks)
-GET /health      {"status": "ok", "task": ..., "stream": {...} when a source is streamed}
+GET /health      {"status": "ok", "task", "dataset", "kind", "backend", "stream": {...} when
+                 a source is streamed}
+GET /metrics     Prometheus text format: requests, latency, upload findings, model info and,
+                 with a source, the stream's figures (defects/serve_metrics.py)
 
 With a live source (`create_app(..., stream=StreamConfig(source=...))`, `defects serve
 --source`), also:
 GET /video_feed  the source's frames with the overlay drawn, multipart/x-mixed-replace MJPEG
 GET /api/stats   JSON: fps, latency, frames read/dropped/garbage, detections, viewers, status
-and the page shows the video and its figures above the upload form (see defects/stream).
+and the page shows the video and its figures above the upload form (static/live.js polls
+/api/stats; see defects/stream).
 
 Uploads come in the multipart field `image` and go through the library's one decoder, so a
 truncated or foreign file is a 400 naming the upload instead of a 500 from inside the model.
 Any kind is served: the page shows the result's own table and overlay, the JSON its record.
+How the app is run (waitress or Flask's development server) is defects/server.py's job.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, render_template, request
 from PIL import Image
-from werkzeug.exceptions import BadRequest, HTTPException, NotFound
+from werkzeug.exceptions import BadRequest, HTTPException, NotFound, ServiceUnavailable
 
 from defects.data.images import decode_image
 from defects.formats.errors import FormatError
 from defects.kinds.base import Predictor
 from defects.plots import COLORS
 from defects.results import Result
+from defects.serve_metrics import CONTENT_TYPE, ServeMetrics
 from defects.stream import MJPEG_MIMETYPE, LiveStream, StreamConfig
 
-__all__ = ["STREAM_EXTENSION", "create_app"]
+__all__ = ["METRICS_EXTENSION", "STREAM_EXTENSION", "create_app", "dataset_name"]
 
 #: where the app keeps its LiveStream: `app.extensions[STREAM_EXTENSION].close()` stops it
 STREAM_EXTENSION = "defects_stream"
+#: where the app keeps its ServeMetrics (its own Prometheus registry)
+METRICS_EXTENSION = "defects_metrics"
 
-_STYLE = (
-    "body{font-family:sans-serif;margin:2em;max-width:1700px}"
-    "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
-    "img{max-width:100%;border:1px solid #ccc}.swatch{display:inline-block;width:1em;height:1em;"
-    "vertical-align:middle;margin-right:6px}.error{color:#b00020}"
-    ".live{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}"
-    ".live img{background:#222;min-width:320px}.state{font-weight:bold;color:#1b7f3b}"
-    ".state.down{color:#b00020}.figures td:nth-child(2){text-align:right;font-family:monospace}"
+#: how long a viewer over `max_viewers` waits for a slot before its 503: a viewer that left
+#: frees its slot only when the server next writes to it (the next frame, at most the
+#: stream's keep-alive later), so a page reload or a burst of reconnects would otherwise be
+#: refused while the old connections are still being noticed
+VIEWER_WAIT_S = 3.0
+
+#: the live figures of the page: element id (filled by static/live.js) and label
+LIVE_FIGURES = (
+    ("fps-model", "model fps"),
+    ("fps-published", "published fps"),
+    ("latency", "latency p50 / p95 (capture to published)"),
+    ("model-ms", "model time p50 / p95"),
+    ("frames", "frames read / dropped / garbage"),
+    ("errors", "frames the model failed on"),
+    ("viewers", "viewers"),
+    ("last", "detections in the last frame"),
+    ("total", "detections since start"),
 )
 
-# Polls /api/stats once a second and fills the figures; reloads the video after a broken
-# connection (server restarted). textContent only: nothing from the JSON is parsed as HTML.
-_LIVE_SCRIPT = """
-(function(){
-  var feed=document.getElementById('feed');
-  function put(id,text){var e=document.getElementById(id);if(e)e.textContent=text;}
-  function ms(v){return v===null||v===undefined?'-':v.toFixed(1)+' ms';}
-  function counts(o){var k=Object.keys(o||{}).sort();
-    return k.length?k.map(function(n){return n+': '+o[n];}).join(', '):'none';}
-  function poll(){
-    fetch('/api/stats',{cache:'no-store'}).then(function(r){return r.json();}).then(function(s){
-      var st=document.getElementById('status');st.textContent=s.status+(s.reason&&s.state!=='live'?
-        ' \u2014 '+s.reason:'');st.className='state'+(s.state==='live'?'':' down');
-      put('fps-model',s.fps.model.toFixed(1));put('fps-published',s.fps.published.toFixed(1));
-      put('latency',ms(s.latency_ms.p50)+' / '+ms(s.latency_ms.p95));
-      put('model-ms',ms(s.model_ms.p50)+' / '+ms(s.model_ms.p95));
-      put('frames',s.frames.read+' / '+s.frames.dropped+' / '+s.frames.garbage);
-      put('errors',String(s.frames.errors));put('viewers',String(s.viewers));
-      put('last',counts(s.detections.last_frame));put('total',counts(s.detections.total));
-    }).catch(function(){var st=document.getElementById('status');
-      st.textContent='server unreachable';st.className='state down';});
-  }
-  feed.onerror=function(){setTimeout(function(){feed.src='/video_feed?t='+Date.now();},2000);};
-  poll();setInterval(poll,1000);
-})();
-"""
 
-
-def _live_section(live: LiveStream) -> str:
-    """The video, its figures (filled by _LIVE_SCRIPT) and the source status."""
-    rows = [
-        ("fps-model", "model fps"),
-        ("fps-published", "published fps"),
-        ("latency", "latency p50 / p95 (capture to published)"),
-        ("model-ms", "model time p50 / p95"),
-        ("frames", "frames read / dropped / garbage"),
-        ("errors", "frames the model failed on"),
-        ("viewers", "viewers"),
-        ("last", "detections in the last frame"),
-        ("total", "detections since start"),
-    ]
-    table = "".join(
-        f"<tr><th>{html.escape(label)}</th><td id='{key}'>-</td></tr>" for key, label in rows
-    )
-    confidence = live.config.confidence
-    cut = "" if confidence is None else f", confidence &ge; {confidence:.2f}"
-    return (
-        f"<h2>Live: {html.escape(live.spec.display)}</h2>"
-        f"<p>Source: <span id='status' class='state'>{html.escape(live.status().text)}</span>"
-        f"{cut}</p><div class='live'>"
-        "<img id='feed' src='/video_feed' alt='live video with the model overlay'>"
-        f"<table class='figures'>{table}</table></div>"
-        f"<script>{_LIVE_SCRIPT}</script><h2>Single image</h2>"
-    )
-
-
-def _page(title: str, body: str) -> str:
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
-    )
+def dataset_name(predictor: Predictor) -> str:
+    """The dataset the model was trained on: the bundle's `name` (e.g. neu_det for the weld
+    task on NEU-DET), else its task."""
+    meta = getattr(predictor, "meta", None) or {}
+    return str(meta.get("name") or predictor.task)
 
 
 def _png_data_uri(rgb: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _swatch(class_id: int) -> str:
-    return f"<span class='swatch' style='background:{COLORS[class_id % len(COLORS)]}'></span>"
 
 
 def _read_upload(channels: int) -> tuple[str, np.ndarray]:
@@ -141,58 +101,122 @@ def _read_upload(channels: int) -> tuple[str, np.ndarray]:
     return name, array
 
 
+class _HeldSlot:
+    """A viewer's MJPEG body that gives its slot back once, when the server closes it (also
+    when the body was never iterated: a client that left before the first frame)."""
+
+    def __init__(self, parts: Iterator[bytes], release: Callable[[], None]) -> None:
+        self._parts = parts
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> _HeldSlot:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._parts)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._parts, "close", None)
+            if close is not None:
+                close()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
 def create_app(
     predictor: Predictor,
     max_upload_mb: int = 32,
     task: str | None = None,
     stream: StreamConfig | None = None,
+    max_viewers: int | None = None,
 ) -> Flask:
     """The app around one loaded predictor of any kind; `task` defaults to the bundle's.
 
-    Inference is serialised by a lock: the dev server is threaded, and parallel forward
+    Inference is serialised by a lock: the server is threaded, and parallel forward
     passes on a CPU only compete for the same cores. With `stream`, the source's reader and
     inference threads start now (frames flow before the first viewer: the figures count
     defects whether or not anyone watches); stop them with
-    `app.extensions[STREAM_EXTENSION].close()`.
+    `app.extensions[STREAM_EXTENSION].close()`. `max_viewers`: at most this many
+    /video_feed responses at once; one more waits up to VIEWER_WAIT_S for a slot, then gets
+    503 (a viewer holds one of waitress' threads for as long as it watches;
+    defects/server.py sizes it); None: no limit.
     """
     task = task or predictor.task
+    dataset = dataset_name(predictor)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb) * 1024 * 1024
     lock = threading.Lock()
     live = LiveStream(predictor, stream, lock=lock) if stream is not None else None
     app.extensions[STREAM_EXTENSION] = live
+    metrics = ServeMetrics(
+        task=task,
+        dataset=dataset,
+        kind=predictor.kind,
+        backend=predictor.backend,
+        class_names=predictor.class_names,
+        live=live,
+    )
+    app.extensions[METRICS_EXTENSION] = metrics
+    if max_viewers is not None and max_viewers < 1:
+        raise ValueError(f"max_viewers must be at least 1, got {max_viewers}")
+    viewer_slots = threading.BoundedSemaphore(max_viewers) if max_viewers else None
 
     def run(image: np.ndarray) -> Result:
         with lock:
-            return predictor.predict(image)
+            result = predictor.predict(image)
+        metrics.uploaded(result.counts())
+        return result
+
+    @app.before_request
+    def started() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def answered(response: Response) -> Response:
+        rule = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
+        seconds = time.perf_counter() - g.get("started", time.perf_counter())
+        metrics.request_done(rule, request.method, response.status_code, seconds)
+        return response
 
     @app.errorhandler(HTTPException)
-    def error(exc: HTTPException) -> tuple[Any, int]:
+    def error(exc: HTTPException) -> tuple[Any, int, list[tuple[str, str]]]:
         message = exc.description or exc.name
         if exc.code == 413:
             message = f"upload too large: the limit is {max_upload_mb} MB"
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
         if request.path.startswith("/api/") or request.path == "/health":
-            return jsonify({"error": message}), exc.code or 500
-        body = f"<p class='error'>{html.escape(message)}</p><p><a href='/'>back</a></p>"
-        return _page(f"Error {exc.code}", body), exc.code or 500
+            return jsonify({"error": message}), exc.code or 500, headers
+        page = render_template("error.html", title=f"Error {exc.code}", message=message)
+        return page, exc.code or 500, headers
 
     @app.get("/")
     def index() -> str:
-        names = ", ".join(html.escape(n) for n in predictor.class_names)
-        form = (
-            f"<p>Task: {html.escape(task)}. Classes: {names}.</p>"
-            "<form method='post' action='/predict' enctype='multipart/form-data'>"
-            "<input type='file' name='image' accept='image/*' required> "
-            "<button type='submit'>Predict</button></form>"
-            "<p>JSON: <code>curl -F image=@strip.png http://HOST/api/predict</code></p>"
+        section = None
+        if live is not None:
+            section = {
+                "source": live.spec.display,
+                "status": live.status().text,
+                "confidence": live.config.confidence,
+                "figures": LIVE_FIGURES,
+            }
+        return render_template(
+            "index.html",
+            title="Defect inspection",
+            task=task,
+            dataset=dataset,
+            class_names=predictor.class_names,
+            live=section,
         )
-        return _page("Defect inspection", (_live_section(live) if live else "") + form)
 
     @app.get("/health")
     def health() -> Response:
         body: dict[str, Any] = {
             "status": "ok",
             "task": task,
+            "dataset": dataset,
             "kind": predictor.kind,
             "backend": predictor.backend,
         }
@@ -206,6 +230,10 @@ def create_app(
             }
         return jsonify(body)
 
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.exposition(), content_type=CONTENT_TYPE)
+
     def require_stream() -> LiveStream:
         if live is None:
             raise NotFound("no live source: start the server with --source VIDEO|CAMERA|URL")
@@ -213,7 +241,18 @@ def create_app(
 
     @app.get("/video_feed")
     def video_feed() -> Response:
-        response = Response(require_stream().mjpeg(), mimetype=MJPEG_MIMETYPE)
+        source = require_stream()
+        if viewer_slots is None:
+            body: Any = source.mjpeg()
+        elif viewer_slots.acquire(timeout=VIEWER_WAIT_S):
+            body = _HeldSlot(source.mjpeg(), viewer_slots.release)
+        else:
+            raise ServiceUnavailable(
+                f"all {max_viewers} viewer slots are taken: each viewer holds one of the "
+                "server's threads; start it with more --threads",
+                retry_after=5,
+            )
+        response = Response(body, mimetype=MJPEG_MIMETYPE)
         response.headers["Cache-Control"] = "no-store"
         return response
 
@@ -231,21 +270,13 @@ def create_app(
         name, image = _read_upload(predictor.channels)
         result = run(image)
         headers, rows = result.table()
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-        body_rows = "".join(
-            "<tr>"
-            + "".join(
-                f"<td>{_swatch(class_id) if i == 0 else ''}{html.escape(str(cell))}</td>"
-                for i, cell in enumerate(cells)
-            )
-            + "</tr>"
-            for class_id, cells in rows
+        return render_template(
+            "result.html",
+            title=name,
+            headline=result.headline(),
+            headers=headers,
+            rows=[(COLORS[class_id % len(COLORS)], cells) for class_id, cells in rows],
+            overlay=_png_data_uri(result.overlay(image)),
         )
-        body = (
-            f"<p>{html.escape(result.headline())}</p><table><tr>{head}</tr>{body_rows}</table>"
-            f"<p><img alt='prediction overlay' src='{_png_data_uri(result.overlay(image))}'></p>"
-            "<p><a href='/'>another image</a></p>"
-        )
-        return _page(name, body)
 
     return app

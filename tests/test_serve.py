@@ -69,6 +69,7 @@ def test_health(client: FlaskClient) -> None:
     assert client.get("/health").get_json() == {
         "status": "ok",
         "task": "steel",
+        "dataset": "steel",  # the bundle's name: save_bundle's default is the task
         "kind": "gated",  # the bundle records "segmenter", an older name of it
         "backend": "eager",
     }

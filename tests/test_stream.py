@@ -2,8 +2,9 @@
 
 A synthetic video (a bright square moving over a dark strip) and a toy detector that boxes
 the square stand in for a camera and a model: no training, frames in milliseconds. Servers
-run in this process on 127.0.0.1 (werkzeug's threaded server, as `defects serve` uses) and
-every stream is closed by the test that made it (see `no_leaked_threads`).
+run in this process on 127.0.0.1 (werkzeug's threaded server, as `defects serve --dev` uses;
+waitress, the default, in tests/test_server.py and tests/test_serve_soak.py) and every
+stream is closed by the test that made it (see `no_leaked_threads`).
 """
 
 from __future__ import annotations
