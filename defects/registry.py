@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shutil
+import ssl
 import tempfile
 import urllib.error
 import urllib.request
@@ -192,6 +193,8 @@ def _probe(ref: ModelRef, store: str, timeout: float) -> None:
         return
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLError):  # it answered; MLflow has its own TLS settings
+            return
         if isinstance(reason, TimeoutError):
             said = f"no answer within {timeout:g} s"
         else:
@@ -264,7 +267,8 @@ def _origin(version: Any) -> dict[str, str]:
 def _cached(folder: Path, origin: dict[str, str]) -> bool:
     """The folder holds this very version (same source), downloaded whole."""
     try:
-        return json.loads((folder / ORIGIN_FILE).read_text()) == origin
+        recorded = json.loads((folder / ORIGIN_FILE).read_text())
+        return recorded == origin and (folder / ARTIFACT_PATH).is_dir()
     except (OSError, ValueError):
         return False
 
