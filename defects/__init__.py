@@ -1,7 +1,7 @@
 """defects: industrial visual defect inspection (weld, steel, winding, pipe).
 
 import defects
-predictor = defects.load("models/weld/bundle.pt")
+predictor = defects.load("models/weld/bundle.pt")  # or "models:/weld@production"
 detections = predictor.predict("radiograph.png")
 """
 
@@ -32,9 +32,10 @@ _register_resolver()
 
 
 def load(path: Any, device: str | None = None, backend: str = "eager", threads: int = 0) -> Any:
-    """The predictor of a model bundle (`backend="eager"` or `"onnx"`) or of an export folder
-    written by `python -m defects export`; imports torch only when called. `device`: the
-    machine's setting (DEFECTS_DEVICE) when not given, else cpu."""
+    """The predictor of a model bundle (`backend="eager"` or `"onnx"`), of an export folder
+    written by `python -m defects export`, or of a registered model (`models:/weld@production`,
+    `models:/weld/3`: MLflow's registry in the machine's tracking store); imports torch only
+    when called. `device`: the machine's setting (DEFECTS_DEVICE) when not given, else cpu."""
     from defects.predict import load as _load
 
     return _load(path, device, backend, threads)

@@ -14,6 +14,7 @@ python -m defects predict --model models/steel/onnx --input data/steel/test/imag
 python -m defects serve --model models/steel/bundle.pt --port 8000 --backend onnx
 python -m defects serve --model models/weld/bundle.pt --source line3.mp4 --confidence 0.6
 python -m defects serve --model models/weld/bundle.pt --source 0 --threads 24 --host 0.0.0.0
+python -m defects serve --model models:/weld@production --port 8000
 python -m defects extract_frames line3.mp4 frames/line3 --every_seconds 0.5
 python -m defects cut_chunks line3.mp4 chunks/line3 --seconds 60
 python -m defects prelabel models/weld/bundle.pt frames/line3 prelabels/line3 --confidence 0.3
@@ -122,7 +123,8 @@ def predict(
     overlays: bool = True,
     backend: str = "eager",
 ) -> str:
-    """Run a bundle (or an ONNX export folder) on an image or a folder; return the report path.
+    """Run a bundle (or an ONNX export folder, or a registered model such as
+    models:/weld@production) on an image or a folder; return the report path.
 
     What is written is the model kind's: detection bundles write detections.json and
     overlays/<stem>.png; segmentation bundles write masks/<stem>.png (uint8 index mask: 0 =
@@ -175,7 +177,8 @@ def serve(
     threads: int = 16,
     dev: bool = False,
 ) -> None:
-    """Serve a bundle or export: upload page (/), /predict, /api/predict, /health, /metrics.
+    """Serve a bundle, export or registered model (models:/NAME@ALIAS, models:/NAME/VERSION)
+    as an upload page (/), /predict, /api/predict, /health and /metrics.
 
     `--source` (a video file, a camera index such as 0, or an http:// / rtsp:// URL) adds
     live inspection: the page shows the video with the model's overlay (/video_feed, MJPEG)

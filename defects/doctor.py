@@ -25,7 +25,7 @@ from configparser import ConfigParser
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from defects.settings import (
     DEFAULT_TRACKING_URI,
@@ -33,6 +33,7 @@ from defects.settings import (
     SettingsError,
     env_file,
     load_settings,
+    redact,
 )
 
 PYTHON_RANGE = ((3, 11), (3, 13))  # pyproject's requires-python: >=3.11,<3.13
@@ -61,16 +62,6 @@ class Check:
         if not self.ok:
             text += f" ({'required' if self.required else 'optional'}); fix: {self.fix}"
         return text
-
-
-def redact(uri: str) -> str:
-    """A URI as it may be shown: without any user or password."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # ------------------------------------------------------------------------- the software

@@ -4,6 +4,8 @@ Accepts a model bundle, an ONNX export folder (`defects export`) or a Lightning 
 scores the test split (`split=valid` to change) through the kind's predictor on the original
 images — the numbers are those of `defects predict` — and writes `metrics/<task>/eval.json`
 for `dvc metrics show`, PR-curve data for `dvc plots show`, figures, and an MLflow run.
+`registry.register=true registry.alias=staging` also registers the bundle (or export) as a
+new version in MLflow's Model Registry, loadable as `defects.load("models:/weld@staging")`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import hydra
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
 
 from defects.config import ConfigError, validate_config
@@ -22,6 +25,7 @@ from defects.kinds import get_kind, kind_of
 from defects.kinds.base import Predictor
 from defects.predict import load, stored_kind
 from defects.runtime import (
+    has_target,
     log_config,
     make_logger,
     make_search,
@@ -45,6 +49,74 @@ def checkpoint_predictor(path: Path, cfg: DictConfig, datamodule: Any) -> Predic
     return kind.predictor(bundle)
 
 
+def registry_request(cfg: DictConfig, path: Path) -> DictConfig | None:
+    """The `registry` node when this run is to register its model, checked before the
+    scoring so a bad name or alias fails in a second; None when it is not to."""
+    node = cfg.get("registry")
+    if not node or not node.get("register"):
+        return None
+    from defects.registry import alias_problem, name_problem
+
+    if not has_target(cfg.get("logger")):
+        raise ConfigError(
+            "registry.register: a model version belongs to the evaluate run's MLflow store; "
+            "it needs the MLflow logger (logger=none is set)"
+        )
+    if path.suffix == ".ckpt":
+        raise ConfigError(
+            f"registry.register: {path} is a Lightning checkpoint; register the bundle "
+            "defects.train wrote (models/<dataset>/bundle.pt) or an export folder"
+        )
+    problem = name_problem(node.get("name"))
+    if problem:
+        raise ConfigError(f"registry.name: {problem}")
+    alias = node.get("alias")
+    problem = alias_problem(alias) if alias is not None else None
+    if problem:
+        raise ConfigError(f"registry.alias: {problem}")
+    return node
+
+
+def register_scored(
+    logger: Any, node: DictConfig, cfg: DictConfig, path: Path, kind: str, metrics: dict
+) -> Any:
+    """Register the scored model as a version of the evaluate run, tagged with its metrics,
+    task, dataset, kind and the run's git commit (when MLflow found one)."""
+    from mlflow.exceptions import MlflowException
+
+    from defects import __version__
+    from defects.registry import RegistryError, register_model, version_tags
+
+    if not isinstance(logger, MLFlowLogger):
+        raise ConfigError(f"registry.register: needs the MLflow logger, not {type(logger)}")
+    client = logger.experiment  # starts the run, which gives it its id
+    run_id = logger.run_id
+    if run_id is None:
+        raise RegistryError("registry: the evaluate run got no MLflow run id")
+    run_tags = client.get_run(run_id).data.tags
+    tags = version_tags(
+        metrics,
+        task=cfg.task_name,
+        dataset=cfg.dataset,
+        kind=kind,
+        split=cfg.split,
+        git_commit=run_tags.get("mlflow.source.git.commit"),
+        defects_version=__version__,
+    )
+    description = f"{kind} model for {cfg.task_name} ({cfg.dataset}), scored on {cfg.split}"
+    try:
+        version = register_model(
+            client, run_id, path, node.name, node.alias, tags, description=description
+        )
+    except MlflowException as exc:
+        raise RegistryError(
+            f"registry: MLflow refused to register {path} as '{node.name}' ({exc.message})"
+        ) from None
+    at = f" (@{node.alias})" if node.alias else ""
+    log.info("registered %s as models:/%s/%s%s", path, node.name, version.version, at)
+    return version
+
+
 @restore_tracking_env()
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     offline_environment()
@@ -65,6 +137,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"ckpt_path: {path} holds a {stored_kind(path)} model, but this config's model "
             f"({cfg.model._target_}) is {expected}: pick the matching task"
         )
+    registry = registry_request(cfg, path)
     datamodule = instantiate(cfg.data, _convert_="all")
     if path.suffix == ".ckpt":
         predictor = checkpoint_predictor(path, cfg, datamodule)
@@ -89,6 +162,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         logger.log_metrics(report.metrics)
         for output in outputs:
             logger.experiment.log_artifact(logger.run_id, str(output), "evaluate")
+        if registry is not None:
+            try:
+                register_scored(logger, registry, cfg, path, predictor.kind, report.metrics)
+            except BaseException:
+                logger.finalize("failed")
+                raise
         logger.finalize("success")
     log.info("%s", {k: round(v, 4) for k, v in report.metrics.items()})
     return report.metrics

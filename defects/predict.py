@@ -52,7 +52,8 @@ def stored_kind(path: str | Path) -> str:
 def load(
     path: str | Path, device: str | None = None, backend: str = "eager", threads: int = 0
 ) -> Predictor:
-    """The predictor of a bundle (`backend="eager"` or `"onnx"`) or of an export folder.
+    """The predictor of a bundle (`backend="eager"` or `"onnx"`), of an export folder, or of a
+    registered model: `models:/NAME@ALIAS` or `models:/NAME/VERSION` (defects.registry).
 
     `device`: the machine's setting (DEFECTS_DEVICE, defects.settings) when not given, else
     cpu. An ONNX predictor of a bundle is exported to a temporary folder first (nothing is written
@@ -61,6 +62,10 @@ def load(
     offline_environment()
     if backend not in BACKENDS:
         raise ValueError(f"backend: '{backend}' is not one of {', '.join(BACKENDS)}")
+    from defects.registry import fetch, is_registry_uri
+
+    if is_registry_uri(path):
+        path = fetch(str(path))
     path = Path(path)
     if path.is_dir():
         manifest = read_manifest(path)
