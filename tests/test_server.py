@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,6 +32,7 @@ from tests.test_stream import (
     SquareDetector,
     boxed_square,
     decode_jpeg,
+    no_leaked_threads,  # noqa: F401  (autouse fixture: no stream thread outlives a test)
     square_frame,
     stream_app,
     wait_until,
@@ -42,16 +43,6 @@ from tests.test_stream import (
 @pytest.fixture(scope="module")
 def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_square_video(tmp_path_factory.mktemp("video") / "line.mp4")
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    yield
-    wait_until(
-        lambda: not [t for t in threading.enumerate() if t.name.startswith("defects-stream")],
-        10,
-        "the stream threads to end",
-    )
 
 
 def test_viewer_limit_keeps_threads_for_the_api() -> None:
