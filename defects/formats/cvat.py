@@ -456,7 +456,9 @@ def cvat_to_yolo(
                 image.line,
             )
         boxes = [
-            clipped.convert(xml_path, box, image.width, image.height, f"image {image.name!r} {k}")
+            clipped.convert(
+                xml_path, box, image.width, image.height, f"image {image.name!r} box {k}"
+            )
             for k, box in enumerate(image.boxes)
         ]
         planned[rel] = (image.name, boxes)
