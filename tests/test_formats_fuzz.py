@@ -87,6 +87,17 @@ def workdir() -> Iterator[Path]:
         yield Path(name)
 
 
+@contextmanager
+def input_file(data: bytes, name: str) -> Iterator[tuple[Path, Path, Path]]:
+    """(folder, `data` written as folder/in/`name`, the output folder): fresh per example.
+    The output sits a few levels deep, so a `../` name that escapes it is seen (`confined`)."""
+    with workdir() as root:
+        path = root / "in" / name
+        path.parent.mkdir()
+        path.write_bytes(data)
+        yield root, path, root / "a" / "b" / "out"
+
+
 def snapshot(root: Path, skip: Path) -> dict[str, bytes]:
     """Every file under `root` except those under `skip` (the output), with its bytes."""
     return {
@@ -188,11 +199,7 @@ def yolo_file(draw: st.DrawFn) -> bytes:
 def test_yolo_labels_load_and_round_trip_or_fail_naming_the_file(
     data: bytes, num_classes: int | None
 ) -> None:
-    with workdir() as root:
-        path = root / "in" / "img.txt"
-        path.parent.mkdir()
-        path.write_bytes(data)
-        out = root / "a" / "b" / "out"
+    with input_file(data, "img.txt") as (root, path, out):
         with confined(root, out):
             try:
                 boxes = read_yolo_labels(path, num_classes=num_classes)
@@ -440,11 +447,7 @@ def cvat_images_document(draw: st.DrawFn) -> bytes:
 @given(data=cvat_images_document())
 @example(data=CVAT_LONG_NAME)  # a name too long for a file on the disk
 def test_cvat_images_load_and_round_trip_or_fail_naming_the_file(data: bytes) -> None:
-    with workdir() as root:
-        xml = root / "in" / "annotations.xml"
-        xml.parent.mkdir()
-        xml.write_bytes(data)
-        out = root / "a" / "b" / "out"
+    with input_file(data, "annotations.xml") as (root, xml, out):
         with confined(root, out):
             try:
                 parsed = read_cvat_images_xml(xml)
@@ -523,11 +526,7 @@ def cvat_video_document(draw: st.DrawFn) -> bytes:
 @example(data=video_example("<size>3</size>", width="\u00b2"))  # "²".isdigit() is True
 @example(data=video_example("", frame="1e15"))  # no size: the last listed frame sets it
 def test_cvat_video_loads_or_fails_naming_the_file(data: bytes) -> None:
-    with workdir() as root:
-        xml = root / "in" / "annotations.xml"
-        xml.parent.mkdir()
-        xml.write_bytes(data)
-        out = root / "a" / "b" / "out"
+    with input_file(data, "annotations.xml") as (root, xml, out):
         with confined(root, out):
             try:
                 video = read_cvat_video_xml(xml)
@@ -583,11 +582,7 @@ def severstal_file(draw: st.DrawFn) -> bytes:
 @given(data=severstal_file())
 @example(data=b"ImageId,ClassId,EncodedPixels\na.jpg,1,2 9223372036854775807\n")  # int64 wrap
 def test_severstal_csv_loads_and_round_trips_or_fails_naming_the_file(data: bytes) -> None:
-    with workdir() as root:
-        path = root / "in" / "train.csv"
-        path.parent.mkdir()
-        path.write_bytes(data)
-        out = root / "a" / "b" / "out"
+    with input_file(data, "train.csv") as (root, path, out):
         with confined(root, out):
             try:
                 masks = read_severstal_csv(path, num_classes=4, shape=SHAPE)

@@ -25,6 +25,8 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 
+from defects.formats.xml_lines import finite_number
+
 __all__ = ["CONVERTED", "SKIPPED", "ShapeReport", "shape_corners"]
 
 Corners = tuple[float, float, float, float]
@@ -93,12 +95,9 @@ def _number(element: ET.Element, key: str) -> float:
     text = (element.get(key) or "").strip()
     if not text:
         raise ValueError(f"missing attribute '{key}'")
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"'{key}' is not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"'{key}' is not finite: {text!r}")
+    value = finite_number(text)
+    if value is None:
+        raise ValueError(f"'{key}' is not a finite number: {text!r}")
     return value
 
 
@@ -106,14 +105,10 @@ def _points(text: str) -> list[tuple[float, float]]:
     """CVAT's `x0,y0;x1,y1;...`."""
     points = []
     for pair in text.strip().split(";"):
-        xy = pair.split(",")
-        try:
-            x, y = (float(v) for v in xy)
-        except ValueError:
-            raise ValueError(f"point {pair!r} is not 'x,y' numbers") from None
-        if not (math.isfinite(x) and math.isfinite(y)):
-            raise ValueError(f"point {pair!r} is not finite")
-        points.append((x, y))
+        xy = [finite_number(v) for v in pair.split(",")]
+        if len(xy) != 2 or xy[0] is None or xy[1] is None:
+            raise ValueError(f"point {pair!r} is not 'x,y' finite numbers")
+        points.append((xy[0], xy[1]))
     return points
 
 
