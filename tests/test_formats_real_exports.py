@@ -5,6 +5,7 @@ folder per part. Small hand-written fixtures shaped like each tool's output."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,20 @@ from defects.formats.mask_folder import import_mask_folder, read_index_mask
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def convert_logged(
+    caplog: pytest.LogCaptureFixture,
+    xml: Path,
+    text: str,
+    convert: Callable[..., dict],
+    *args: Path,
+) -> tuple[dict, list[str]]:
+    """Write `text` to `xml`, convert it, and return the summary and the warnings it logged."""
+    xml.write_text(text)
+    with caplog.at_level(logging.WARNING, logger="defects"):
+        summary = convert(xml, *args)
+    return summary, warnings_of(caplog)
 
 
 # --------------------------------------------------------------------------- CVAT shapes
@@ -93,13 +108,11 @@ EXPECTED = [  # (class, xtl, ytl, xbr, ybr) in the order the shapes are listed
 def test_every_cvat_shape_is_converted_or_counted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    xml = tmp_path / "annotations.xml"
-    xml.write_text(CVAT_ALL_SHAPES)
-    with caplog.at_level(logging.WARNING, logger="defects"):
-        summary = cvat_to_yolo(xml, tmp_path / "labels", tmp_path / "data.yaml")
-    shapes, clipped = warnings_of(caplog)  # one line for the shapes, one for the clipping
+    xml, labels = tmp_path / "annotations.xml", tmp_path / "labels"
+    summary, logged = convert_logged(caplog, xml, CVAT_ALL_SHAPES, cvat_to_yolo, labels)
+    shapes, clipped = logged  # one line for the shapes, one for the clipping
     assert read_cvat_images_xml(xml).class_names == ["crack", "pore", "ok_frame", "seam"]
-    boxes = read_yolo_labels(tmp_path / "labels" / "a.txt", num_classes=4)
+    boxes = read_yolo_labels(labels / "a.txt", num_classes=4)
     expected = [YoloBox.from_xyxy(c, x1, y1, x2, y2, 100, 80) for c, x1, y1, x2, y2 in EXPECTED]
     assert [b.class_id for b in boxes] == [b.class_id for b in expected]
     for got, want in zip(boxes, expected, strict=True):
@@ -172,9 +185,9 @@ def test_cvat_video_tracks_of_other_shapes_and_boxes_past_the_border(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     xml = tmp_path / "video.xml"
-    xml.write_text(CVAT_VIDEO)
-    with caplog.at_level(logging.WARNING, logger="defects"):
-        summary = cvat_video_to_yolo(xml, tmp_path / "labels")
+    summary, logged = convert_logged(
+        caplog, xml, CVAT_VIDEO, cvat_video_to_yolo, tmp_path / "labels"
+    )
     assert summary["frames"] == 4 and summary["clipped"] == 2  # the pore box on frames 1, 2
     assert summary["shapes"]["converted"] == {"polygon": 2}
     assert summary["shapes"]["skipped"] == {"tag (image-level)": 1}
@@ -185,7 +198,7 @@ def test_cvat_video_tracks_of_other_shapes_and_boxes_past_the_border(
     pore = [b for b in read_yolo_labels(tmp_path / "labels" / "frame_000002.txt") if b.class_id]
     assert pore[0].to_xyxy(64, 48) == pytest.approx((54, 40, 64, 47), abs=1e-4)  # clipped
     assert read_yolo_labels(tmp_path / "labels" / "frame_000003.txt")[0].class_id == 0
-    assert len(warnings_of(caplog)) == 2  # the shapes line and the clipping line
+    assert len(logged) == 2  # the shapes line and the clipping line
 
 
 # --------------------------------------------------------------------------- YOLO 1.1 export
@@ -220,45 +233,34 @@ def test_datumaro_yolo_box_past_the_border_is_clipped_and_reported(
 
 # --------------------------------------------------------------------------- VOC exports
 
-LABELIMG = """<annotation>
-\t<folder>images</folder>
-\t<filename>labelimg.jpg</filename>
-\t<path>C:\\Users\\qa\\weld\\images\\labelimg.jpg</path>
-\t<source>
-\t\t<database>Unknown</database>
-\t</source>
-\t<size>
-\t\t<width>40</width>
-\t\t<height>20</height>
-\t\t<depth>3</depth>
-\t</size>
-\t<segmented>0</segmented>
-\t<object>
-\t\t<name>crack</name>
-\t\t<pose>Unspecified</pose>
-\t\t<truncated>1</truncated>
-\t\t<difficult>0</difficult>
-\t\t<bndbox>
-\t\t\t<xmin>1</xmin>
-\t\t\t<ymin>1</ymin>
-\t\t\t<xmax>41</xmax>
-\t\t\t<ymax>12</ymax>
-\t\t</bndbox>
-\t</object>
-\t<object>
-\t\t<name>pore</name>
-\t\t<pose>Unspecified</pose>
-\t\t<truncated>0</truncated>
-\t\t<difficult>1</difficult>
-\t\t<bndbox>
-\t\t\t<xmin>20</xmin>
-\t\t\t<ymin>5</ymin>
-\t\t\t<xmax>30</xmax>
-\t\t\t<ymax>15</ymax>
-\t\t</bndbox>
-\t</object>
-</annotation>
-"""
+
+def labelimg_layout(
+    filename: str, path: str, database: str, objects: list[tuple[str, ...]], extra: str = ""
+) -> str:
+    """VOC in LabelImg's tab-indented layout, which Roboflow's VOC export copies (adding
+    `extra` tags such as <occluded> to each object). Objects: (name, truncated, difficult,
+    xmin, ymin, xmax, ymax) as the tool writes the text."""
+    body = "".join(
+        f"\t<object>\n\t\t<name>{name}</name>\n\t\t<pose>Unspecified</pose>\n"
+        f"\t\t<truncated>{truncated}</truncated>\n\t\t<difficult>{difficult}</difficult>\n"
+        f"{extra}\t\t<bndbox>\n\t\t\t<xmin>{x1}</xmin>\n\t\t\t<ymin>{y1}</ymin>\n"
+        f"\t\t\t<xmax>{x2}</xmax>\n\t\t\t<ymax>{y2}</ymax>\n\t\t</bndbox>\n\t</object>\n"
+        for name, truncated, difficult, x1, y1, x2, y2 in objects
+    )
+    return (
+        f"<annotation>\n\t<folder>images</folder>\n\t<filename>{filename}</filename>\n"
+        f"\t<path>{path}</path>\n\t<source>\n\t\t<database>{database}</database>\n"
+        "\t</source>\n\t<size>\n\t\t<width>40</width>\n\t\t<height>20</height>\n"
+        f"\t\t<depth>3</depth>\n\t</size>\n\t<segmented>0</segmented>\n{body}</annotation>\n"
+    )
+
+
+LABELIMG = labelimg_layout(  # integer pixels; a box dragged past the right edge
+    "labelimg.jpg",
+    "C:\\Users\\qa\\weld\\images\\labelimg.jpg",
+    "Unknown",
+    [("crack", "1", "0", "1", "1", "41", "12"), ("pore", "0", "1", "20", "5", "30", "15")],
+)
 CVAT_VOC = """<?xml version="1.0" ?>
 <annotation>
   <folder></folder>
@@ -294,34 +296,13 @@ CVAT_VOC = """<?xml version="1.0" ?>
   </object>
 </annotation>
 """
-ROBOFLOW = """<annotation>
-\t<folder></folder>
-\t<filename>roboflow_jpg.rf.5c3e9a0d1b.jpg</filename>
-\t<path>roboflow_jpg.rf.5c3e9a0d1b.jpg</path>
-\t<source>
-\t\t<database>roboflow.com</database>
-\t</source>
-\t<size>
-\t\t<width>40</width>
-\t\t<height>20</height>
-\t\t<depth>3</depth>
-\t</size>
-\t<segmented>0</segmented>
-\t<object>
-\t\t<name>pore</name>
-\t\t<pose>Unspecified</pose>
-\t\t<truncated>0</truncated>
-\t\t<difficult>0</difficult>
-\t\t<occluded>0</occluded>
-\t\t<bndbox>
-\t\t\t<xmin>-0.5</xmin>
-\t\t\t<xmax>10.5</xmax>
-\t\t\t<ymin>2.5</ymin>
-\t\t\t<ymax>21</ymax>
-\t\t</bndbox>
-\t</object>
-</annotation>
-"""
+ROBOFLOW = labelimg_layout(  # float pixels, past the left and bottom edges
+    "roboflow_jpg.rf.5c3e9a0d1b.jpg",
+    "roboflow_jpg.rf.5c3e9a0d1b.jpg",
+    "roboflow.com",
+    [("pore", "0", "0", "-0.5", "2.5", "10.5", "21")],
+    extra="\t\t<occluded>0</occluded>\n",
+)
 
 
 def test_voc_from_labelimg_cvat_and_roboflow_clips_and_reports(
