@@ -5,6 +5,7 @@ folder per part. Small hand-written fixtures shaped like each tool's output."""
 from __future__ import annotations
 
 import logging
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from defects.formats.cvat import (
     import_cvat_yolo_export,
     read_cvat_images_xml,
 )
+from defects.formats.cvat_shapes import shape_corners
 from defects.formats.mask_folder import import_mask_folder, read_index_mask
 
 
@@ -404,3 +406,13 @@ def test_recursive_option_on_the_command_line(tmp_path: Path) -> None:
         ]
     )  # fmt: skip
     assert len(list((tmp_path / "out").glob("*/images/defect__kos0*_Part*.jpg"))) == 4
+
+
+def test_mask_rle_as_in_cvat_xml_docs() -> None:
+    """The <mask> example of CVAT's XML format page: a 13x15 disc at (707, 888), its run
+    lengths alternating background and foreground row by row over the patch."""
+    rle = "3, 5, 7, 7, 5, 9, 3, 11, 2, 11, 2, 12, 1, 12, 1, 26, 1, 12, 1, 12, 2, 11, 3, 9, 5, 7, "
+    rle += "7, 5, 3"
+    attrs = {"rle": rle, "left": "707", "top": "888", "width": "13", "height": "15"}
+    assert shape_corners(ET.Element("mask", attrs)) == (707, 888, 720, 903)
+    assert shape_corners(ET.Element("mask", attrs | {"rle": "195"})) is None  # nothing painted
