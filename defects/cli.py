@@ -86,12 +86,15 @@ def import_masks(
     strict: bool = True,
     split: str = "0.7,0.15,0.15",
     mask_threshold: int = 128,
+    recursive: bool = False,
 ) -> dict:
     """Import per-class folders of images + binary masks into the index-mask layout.
 
     `classes` is "name=folder,...,none=folder" (folders relative to `source`, "none" = the
     defect-free folder) or a preset name: magnetic_tile. Source files are only read; `out_dir`
-    is written whole or not at all.
+    is written whole or not at all. `--recursive` also reads subfolders (one per part or
+    batch, e.g. KolektorSDD's kos01/Part0.jpg + kos01/Part0_label.bmp: `--classes defect=.
+    --mask_suffix _label.bmp --recursive`); output names carry the subfolder (kos01_Part0).
     """
     from defects.formats.mask_folder import import_mask_folder, parse_classes
 
@@ -105,6 +108,7 @@ def import_masks(
         split_fractions=fractions,  # type: ignore[arg-type]
         seed=int(seed),
         strict=bool(strict),
+        recursive=bool(recursive),
     )
 
 
@@ -269,20 +273,31 @@ def yolo_to_cvat(
     return str(run(source, labels_dir, class_names, out_xml))
 
 
-def cvat_to_yolo(xml: str, labels_dir: str, data_yaml: str | None = None) -> dict:
-    """YOLO label files (one per image, empty = defect-free) from CVAT for images 1.1 XML."""
+def cvat_to_yolo(
+    xml: str, labels_dir: str, data_yaml: str | None = None, boxes_only: bool = False
+) -> dict:
+    """YOLO label files (one per image, empty = defect-free) from CVAT for images 1.1 XML.
+
+    Polygons, ellipses, masks and other shapes become their bounding box (`--boxes_only`
+    skips them instead); tags, attributes, z_order and groups are dropped and counted.
+    """
     from defects.formats.cvat import cvat_to_yolo as run
 
-    return run(xml, labels_dir, data_yaml)
+    return run(xml, labels_dir, data_yaml, boxes_only=bool(boxes_only))
 
 
 def cvat_video_to_yolo(
-    xml: str, labels_dir: str, name_pattern: str = "frame_{:06d}", data_yaml: str | None = None
+    xml: str,
+    labels_dir: str,
+    name_pattern: str = "frame_{:06d}",
+    data_yaml: str | None = None,
+    boxes_only: bool = False,
 ) -> dict:
-    """Per-frame YOLO labels from CVAT for video 1.1 XML (tracks interpolated as CVAT does)."""
+    """Per-frame YOLO labels from CVAT for video 1.1 XML (tracks interpolated as CVAT does;
+    other shapes than boxes as in cvat_to_yolo)."""
     from defects.formats.cvat import cvat_video_to_yolo as run
 
-    return run(xml, labels_dir, name_pattern, data_yaml)
+    return run(xml, labels_dir, name_pattern, data_yaml, boxes_only=bool(boxes_only))
 
 
 def import_cvat_yolo(folder: str, out_dir: str) -> dict:

@@ -130,7 +130,7 @@ def test_cvat_to_yolo_to_cvat_gives_identical_boxes(tmp_path: Path) -> None:
     for name, (w, h) in SIZES.items():
         if name != "c.png":
             save_image(split / "images" / name, w, h)
-    cvat_to_yolo(source, split / "labels", split / "data.yaml")
+    cvat_to_yolo(source, split / "labels", split / "data.yaml", boxes_only=True)  # no polygon
     again = yolo_to_cvat(split, None, None, tmp_path / "again.xml")
     keys = ("label", "xtl", "ytl", "xbr", "ybr")
     first, second = xml_boxes(source), xml_boxes(again)
@@ -314,7 +314,7 @@ def test_cvat_video_to_yolo_writes_every_frame(tmp_path: Path) -> None:
     ("edit", "needle"),
     [
         ((ORIGINAL_SIZE, ""), "missing <original_size>"),
-        (('<box frame="10" ', '<box frame="0" '), "track 0 frame 0: two boxes on one frame"),
+        (('<box frame="10" ', '<box frame="0" '), "track 0 frame 0: two shapes on one frame"),
         (('<box frame="20" ', '<box frame="31" '), "beyond the task's last frame 29"),
         (('label="slag" source', 'label="rust" source'), "unknown label 'rust'"),
         (('outside="1"', 'outside="maybe"'), "'outside' must be 0 or 1"),

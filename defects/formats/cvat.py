@@ -2,8 +2,10 @@
 
 Our own small reader/writer on the stdlib's ElementTree instead of datumaro: datumaro is heavy
 (its own dataset model and many dependencies) and not in the lockfile, while the subset we need
-(rectangles, labels, tracks with keyframes) is a few dozen lines. Only boxes are converted;
-other shapes (polygons, points, masks, tags) are counted and reported, never silently lost.
+(rectangles, labels, tracks with keyframes) is a few dozen lines. Other shapes become their
+bounding box and tags are skipped, by the rule in `defects.formats.cvat_shapes`; what a YOLO
+file cannot hold (tags, attributes, z_order, groups) is counted and logged in one line per file.
+Boxes past the image border are clipped and counted (one warning per file).
 Coordinates are written with 2 decimals as CVAT writes them, so a YOLO -> CVAT -> YOLO round
 trip agrees to within 0.005 px and CVAT -> YOLO -> CVAT gives the same XML boxes for images up
 to a few thousand pixels wide (YOLO's 6 normalised decimals are then finer than 0.005 px).
@@ -11,21 +13,28 @@ to a few thousand pixels wide (YOLO's 6 normalised decimals are then finer than 
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
+import re
 import shutil
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from defects.formats.errors import FormatError
+from defects.formats.cvat_shapes import CONVERTED, SKIPPED, ShapeReport, shape_corners
+from defects.formats.errors import FormatError, SkipReport, first_few, note_clipped
 from defects.formats.io import atomic_directory, atomic_write_text, staged_directory
 from defects.formats.layout import is_image_file
 from defects.formats.xml_lines import LinedXml, finite_number, parse_xml
 from defects.formats.yolo import (
+    IMPORT_CLIP_TOLERANCE,
+    PIXEL_EDGE_TOL,
     YoloBox,
+    pixel_overshoot,
     read_class_names,
     read_yolo_labels,
     write_class_names,
@@ -53,8 +62,10 @@ __all__ = [
 logger = logging.getLogger("defects")
 
 _COORDS = ("xtl", "ytl", "xbr", "ybr")
-# Shapes CVAT writes besides <box>; we convert boxes only and count the rest.
-_OTHER_SHAPES = ("polygon", "polyline", "points", "mask", "ellipse", "cuboid", "skeleton", "tag")
+_SHAPES = ("box", *CONVERTED, *SKIPPED)
+# The most frames a video file may claim: each becomes a label file, so a corrupt <size> or
+# frame number (10**18) must fail here instead of filling memory and the disk.
+MAX_FRAMES = 1_000_000
 
 
 # --------------------------------------------------------------------------- data
@@ -73,6 +84,7 @@ class CvatBox:
     occluded: bool = False
     track_id: int | None = None
     line: int | None = field(default=None, compare=False)
+    shape: str = field(default="box", compare=False)  # the CVAT shape it was made from
 
     def to_yolo(self, width: int, height: int) -> YoloBox:
         """Normalised box, clipped to the image (ValueError if nothing is left)."""
@@ -99,6 +111,7 @@ class CvatImages:
 
     class_names: list[str]
     images: list[CvatImage]
+    shapes: ShapeReport = field(default_factory=ShapeReport)
 
 
 @dataclass
@@ -110,6 +123,7 @@ class CvatVideo:
     height: int
     frame_count: int  # frames 0 .. frame_count - 1
     frames: dict[int, list[CvatBox]]
+    shapes: ShapeReport = field(default_factory=ShapeReport)
 
 
 @dataclass
@@ -129,6 +143,7 @@ class CvatYoloExport:
 
     class_names: list[str]
     frames: list[YoloFrame]
+    report: SkipReport = field(default_factory=SkipReport)  # boxes clipped to the image
 
 
 # --------------------------------------------------------------------------- XML helpers
@@ -222,6 +237,8 @@ def _meta_labels(doc: LinedXml, path: Path) -> list[str]:
     if meta is not None:
         for labels in meta.iter("labels"):
             for label in labels.findall("label"):
+                if (label.findtext("parent") or "").strip():
+                    continue  # a point of a skeleton label, not a class of its own
                 name = (label.findtext("name") or "").strip()
                 if not name:
                     raise FormatError(path, "<label> without a <name>", doc.line(label))
@@ -269,16 +286,27 @@ def _flag(doc: LinedXml, path: Path, element: ET.Element, key: str, where: str) 
     return value in ("1", "true")
 
 
-def _box(
+def _shape(
     doc: LinedXml,
     path: Path,
     element: ET.Element,
     names: list[str],
     where: str,
+    report: ShapeReport,
+    boxes_only: bool = False,
     label: str | None = None,
     track_id: int | None = None,
-) -> CvatBox:
-    """One <box>, checked: known label, numeric corners, xbr > xtl and ybr > ytl, no rotation."""
+) -> CvatBox | None:
+    """One shape as a box by the `cvat_shapes` rule, or None (counted in `report`) if it has none.
+
+    Checked like a <box> always was: a known label and numeric coordinates; a <box> must have
+    xbr > xtl and ybr > ytl (a rotated one becomes the box around it). `boxes_only` skips
+    (and counts) every other shape instead of converting it.
+    """
+    tag = element.tag
+    if tag in SKIPPED or (boxes_only and tag != "box"):
+        report.skipped[f"{tag} ({'image-level' if tag in SKIPPED else 'boxes_only'})"] += 1
+        return None
     label = label if label is not None else _attr(doc, path, element, "label", where)
     if label not in names:
         raise FormatError(
@@ -286,40 +314,80 @@ def _box(
             f"{where}: unknown label {label!r} (labels: {', '.join(names)})",
             doc.line(element),
         )
-    xtl, ytl, xbr, ybr = (_number(doc, path, element, key, where) for key in _COORDS)
-    if xbr <= xtl or ybr <= ytl:
-        raise FormatError(
-            path,
-            f"{where}: empty or inverted box xtl={xtl:g} xbr={xbr:g} ytl={ytl:g} ybr={ybr:g}",
-            doc.line(element),
-        )
-    rotation = element.get("rotation")
-    if rotation is not None and _number(doc, path, element, "rotation", where) % 360 != 0:
-        raise FormatError(
-            path, f"{where}: rotated box ({rotation} deg) has no YOLO equivalent", doc.line(element)
-        )
+    if tag == "box":
+        xtl, ytl, xbr, ybr = (_number(doc, path, element, key, where) for key in _COORDS)
+        if xbr <= xtl or ybr <= ytl:
+            raise FormatError(
+                path,
+                f"{where}: empty or inverted box xtl={xtl:g} xbr={xbr:g} ytl={ytl:g} ybr={ybr:g}",
+                doc.line(element),
+            )
+        if element.get("rotation") is not None:
+            _number(doc, path, element, "rotation", where)
+    try:
+        corners = shape_corners(element)
+    except ValueError as exc:
+        raise FormatError(path, f"{where}: {exc}", doc.line(element)) from None
+    if corners is None:
+        report.skipped[f"{tag} (no area)"] += 1
+        return None
+    if tag != "box":
+        report.converted[tag] += 1
+    elif corners != (xtl, ytl, xbr, ybr):
+        report.converted["rotated box"] += 1
+    report.note_dropped(element)
     occluded = _flag(doc, path, element, "occluded", where)
     return CvatBox(
-        label, names.index(label), xtl, ytl, xbr, ybr, occluded, track_id, doc.line(element)
+        label, names.index(label), *corners, occluded, track_id, doc.line(element), shape=tag
     )
 
 
-def _note_other_shapes(path: Path, parent: ET.Element) -> None:
-    counts = {tag: len(parent.findall(f".//{tag}")) for tag in _OTHER_SHAPES}
-    found = {tag: n for tag, n in counts.items() if n}
-    if found:
-        shown = ", ".join(f"{n} {tag}" for tag, n in found.items())
-        logger.warning("%s: only boxes are converted; left out: %s", path, shown)
+def _log_shapes(path: Path, report: ShapeReport) -> None:
+    """One line per file for what was converted, skipped or dropped (nothing when all boxes)."""
+    summary = report.summary()
+    if summary:
+        logger.warning("%s: %s", path, summary)
+
+
+@dataclass
+class _Clipped:
+    """Boxes clipped to the image while converting one file: one warning for all of them."""
+
+    places: list[str] = field(default_factory=list)
+    worst: float = 0.0
+
+    def convert(self, path: Path, box: CvatBox, width: int, height: int, where: str) -> YoloBox:
+        """`box` as YOLO (clipped to the image, counted here); FormatError if nothing is left."""
+        try:
+            yolo = box.to_yolo(width, height)
+        except ValueError as exc:
+            raise FormatError(path, f"{where}: {exc}", box.line) from None
+        overshoot = pixel_overshoot(box.xtl, box.ytl, box.xbr, box.ybr, width, height)
+        if overshoot > PIXEL_EDGE_TOL:
+            self.places.append(where)
+            self.worst = max(self.worst, overshoot)
+        return yolo
+
+    def note(self, path: Path) -> int:
+        """Warn once for the file; the number of boxes clipped."""
+        detail = f"overshoot up to {self.worst:.3g} px: {first_few(self.places)}"
+        note_clipped(path, len(self.places), detail, None)
+        return len(self.places)
 
 
 # --------------------------------------------------------------------------- CVAT for images
 
 
-def read_cvat_images_xml(path: str | os.PathLike[str]) -> CvatImages:
-    """Read "CVAT for images 1.1"; every problem is a FormatError naming the image and box."""
+def read_cvat_images_xml(path: str | os.PathLike[str], boxes_only: bool = False) -> CvatImages:
+    """Read "CVAT for images 1.1"; every problem is a FormatError naming the image and shape.
+
+    Shapes other than boxes become boxes by the `cvat_shapes` rule (`boxes_only` skips them);
+    what was converted, skipped or dropped is in `.shapes` and logged in one line.
+    """
     xml_path = Path(path)
     doc = _parse(xml_path)
     names = _meta_labels(doc, xml_path)
+    report = ShapeReport()
     images: list[CvatImage] = []
     seen: dict[str, int] = {}
     for index, element in enumerate(doc.root.iter("image")):
@@ -338,11 +406,18 @@ def read_cvat_images_xml(path: str | os.PathLike[str]) -> CvatImages:
             height=_integer(doc, xml_path, element, "height", where, low=1),
             line=doc.line(element),
         )
-        for k, box in enumerate(element.findall("box")):
-            image.boxes.append(_box(doc, xml_path, box, names, f"{where} box {k}"))
+        per_tag: Counter[str] = Counter()
+        for child in element:
+            if child.tag not in _SHAPES:
+                continue
+            shape_where = f"{where} {child.tag} {per_tag[child.tag]}"
+            per_tag[child.tag] += 1
+            box = _shape(doc, xml_path, child, names, shape_where, report, boxes_only)
+            if box is not None:
+                image.boxes.append(box)
         images.append(image)
-    _note_other_shapes(xml_path, doc.root)
-    return CvatImages(names, images)
+    _log_shapes(xml_path, report)
+    return CvatImages(names, images, report)
 
 
 def _label_path(xml_path: Path, image: CvatImage) -> PurePosixPath:
@@ -355,28 +430,22 @@ def _label_path(xml_path: Path, image: CvatImage) -> PurePosixPath:
     return rel.with_suffix(".txt")
 
 
-def _yolo_boxes(xml_path: Path, image: CvatImage) -> list[YoloBox]:
-    boxes = []
-    for k, box in enumerate(image.boxes):
-        try:
-            boxes.append(box.to_yolo(image.width, image.height))
-        except ValueError as exc:
-            raise FormatError(xml_path, f"image {image.name!r} box {k}: {exc}", box.line) from None
-    return boxes
-
-
 def cvat_to_yolo(
     xml: str | os.PathLike[str],
     out_labels_dir: str | os.PathLike[str],
     out_data_yaml: str | os.PathLike[str] | None = None,
+    boxes_only: bool = False,
 ) -> dict:
     """Write one YOLO label file per <image> (empty = defect-free) and optionally data.yaml.
 
     The whole file is checked before anything is written; the labels appear together
-    (`staged_directory`). Returns {"images", "boxes", "labels_dir", "data_yaml"}.
+    (`staged_directory`). Boxes past the border are clipped (one warning for the file).
+    Returns {"images", "boxes", "clipped", "shapes" (ShapeReport.as_dict), "labels_dir",
+    "data_yaml"}.
     """
     xml_path = Path(xml)
-    parsed = read_cvat_images_xml(xml_path)
+    parsed = read_cvat_images_xml(xml_path, boxes_only=boxes_only)
+    clipped = _Clipped()
     planned: dict[PurePosixPath, tuple[str, list[YoloBox]]] = {}
     for image in parsed.images:
         rel = _label_path(xml_path, image)
@@ -386,15 +455,29 @@ def cvat_to_yolo(
                 f"images {planned[rel][0]!r} and {image.name!r} share the label file {rel}",
                 image.line,
             )
-        planned[rel] = (image.name, _yolo_boxes(xml_path, image))
+        boxes = [
+            clipped.convert(
+                xml_path, box, image.width, image.height, f"image {image.name!r} box {k}"
+            )
+            for k, box in enumerate(image.boxes)
+        ]
+        planned[rel] = (image.name, boxes)
     with staged_directory(out_labels_dir) as tmp:
-        for rel, (_, boxes) in planned.items():
-            write_yolo_labels(tmp / rel, boxes)
+        for rel, (name, boxes) in planned.items():
+            try:
+                write_yolo_labels(tmp / rel, boxes)
+            except OSError as exc:
+                if exc.errno != errno.ENAMETOOLONG:
+                    raise
+                reason = f"image {name!r}: name too long for a label file on this disk"
+                raise FormatError(xml_path, reason) from None
     if out_data_yaml is not None:
         write_class_names(out_data_yaml, parsed.class_names)
     return {
         "images": len(planned),
         "boxes": sum(len(b) for _, b in planned.values()),
+        "clipped": clipped.note(xml_path),
+        "shapes": parsed.shapes.as_dict(),
         "labels_dir": str(out_labels_dir),
         "data_yaml": None if out_data_yaml is None else str(out_data_yaml),
     }
@@ -530,7 +613,9 @@ def _listed_images(list_file: Path, subset_dir: Path) -> list[PurePosixPath]:
     return rels
 
 
-def _subset_frames(folder: Path, subset_dir: Path, names: list[str]) -> list[YoloFrame]:
+def _subset_frames(
+    folder: Path, subset_dir: Path, names: list[str], report: SkipReport, clip: float
+) -> list[YoloFrame]:
     subset = subset_dir.name[len("obj_") : -len("_data")]
     rels = _listed_images(folder / f"{subset}.txt", subset_dir)
     for image in sorted(subset_dir.rglob("*")):
@@ -547,16 +632,20 @@ def _subset_frames(folder: Path, subset_dir: Path, names: list[str]) -> list[Yol
         label_path = subset_dir / rel.with_suffix(".txt")
         image = subset_dir / rel
         present = rel.suffix.lower() != ".txt" and image.is_file()
-        boxes = read_yolo_labels(label_path, num_classes=len(names))
+        boxes = read_yolo_labels(label_path, len(names), report=report, clip_tolerance=clip)
         frames.append(YoloFrame(subset, str(rel), label_path, image if present else None, boxes))
     return frames
 
 
-def read_cvat_yolo_export(folder: str | os.PathLike[str]) -> CvatYoloExport:
+def read_cvat_yolo_export(
+    folder: str | os.PathLike[str], clip_tolerance: float = IMPORT_CLIP_TOLERANCE
+) -> CvatYoloExport:
     """Read an unzipped CVAT "YOLO 1.1" export: obj.names, obj.data, <subset>.txt, obj_*_data/.
 
     Frames come from `<subset>.txt` plus any image or label file in `obj_<subset>_data`; a
     frame without a label file has no boxes (CVAT leaves out empty ones in some versions).
+    Boxes drawn past the border (Datumaro writes e.g. w = 1.05) are clipped to the image by up
+    to `clip_tolerance` (normalised), one warning per label file, counted in `.report.clipped`.
     """
     root = Path(folder)
     names_file = root / "obj.names"
@@ -567,8 +656,13 @@ def read_cvat_yolo_export(folder: str | os.PathLike[str]) -> CvatYoloExport:
     subsets = sorted(p for p in root.glob("obj_*_data") if p.is_dir())
     if not subsets:
         raise FormatError(root, "not a CVAT YOLO 1.1 export (no obj_<subset>_data folder)")
-    frames = [frame for subset in subsets for frame in _subset_frames(root, subset, names)]
-    return CvatYoloExport(names, frames)
+    report = SkipReport()
+    frames = [
+        frame
+        for subset in subsets
+        for frame in _subset_frames(root, subset, names, report, clip_tolerance)
+    ]
+    return CvatYoloExport(names, frames, report)
 
 
 def import_cvat_yolo_export(
@@ -579,7 +673,8 @@ def import_cvat_yolo_export(
     Images are copied (the export is only read); when the export has none (exported without
     "Save images") only labels and data.yaml are written, with a warning. `out_dir` is
     written whole or not at all and replaces an earlier one. Subsets are merged; two frames
-    with the same path in different subsets are a FormatError.
+    with the same path in different subsets are a FormatError. Boxes past the border are
+    clipped (see `read_cvat_yolo_export`); the return value counts them under "clipped".
     """
     export = read_cvat_yolo_export(folder)
     src, out = Path(folder).resolve(), Path(out_dir).resolve()
@@ -609,6 +704,7 @@ def import_cvat_yolo_export(
         "frames": len(by_stem),
         "images": images,
         "boxes": sum(len(f.boxes) for f in export.frames),
+        "clipped": export.report.clipped_count,
         "classes": export.class_names,
         "out_dir": str(out_dir),
     }
@@ -632,7 +728,7 @@ def _int_text(doc: LinedXml, path: Path, parent: ET.Element, tag: str, low: int 
     if child is None or not (child.text or "").strip():
         return None
     text = child.text.strip()  # type: ignore[union-attr]
-    if not text.lstrip("-").isdigit() or int(text) < low:
+    if not re.fullmatch(r"-?[0-9]+", text) or int(text) < low:  # ASCII: "²".isdigit() is True
         raise FormatError(
             path, f"<{tag}> must be an integer >= {low}, got {text!r}", doc.line(child)
         )
@@ -656,12 +752,18 @@ def _last_frame(doc: LinedXml, path: Path, task: ET.Element) -> int | None:
     size = _int_text(doc, path, task, "size")
     stop = _int_text(doc, path, task, "stop_frame")
     if task.tag == "job" and stop is not None:
-        return stop
-    if size is not None:
-        return size - 1
-    if stop is not None:
-        return stop - (_int_text(doc, path, task, "start_frame") or 0)
-    return None
+        last = stop
+    elif size is not None:
+        last = size - 1
+    elif stop is not None:
+        last = stop - (_int_text(doc, path, task, "start_frame") or 0)
+    else:
+        return None
+    if last >= MAX_FRAMES:
+        raise FormatError(
+            path, f"<{task.tag}> claims {last + 1} frames, more than {MAX_FRAMES}", doc.line(task)
+        )
+    return last
 
 
 @dataclass(frozen=True)
@@ -674,30 +776,54 @@ class _Key:
 
 
 def _track_keys(
-    doc: LinedXml, path: Path, track: ET.Element, index: int, names: list[str], last: float
+    doc: LinedXml,
+    path: Path,
+    track: ET.Element,
+    index: int,
+    names: list[str],
+    last: float,
+    report: ShapeReport,
+    boxes_only: bool,
 ) -> list[_Key]:
+    """The track's listed shapes as boxes, by frame. A shape without a box (see `_shape`) is
+    left out, unless it marks the object outside: then it holds the previous position."""
     where = f"track[{index}]"
     track_id = _integer(doc, path, track, "id", where) if track.get("id") else index
     where = f"track {track_id}"
     label = _attr(doc, path, track, "label", where)
-    keys: dict[int, _Key] = {}
-    for k, element in enumerate(track.findall("box")):
-        frame = _integer(doc, path, element, "frame", f"{where} box {k}")
+    report.note_dropped(track)
+    listed: dict[int, tuple[CvatBox | None, bool]] = {}
+    seen: Counter[str] = Counter()
+    for element in track:
+        if element.tag not in _SHAPES:
+            continue
+        frame = _integer(doc, path, element, "frame", f"{where} {element.tag} {seen[element.tag]}")
+        seen[element.tag] += 1
         box_where = f"{where} frame {frame}"
-        if frame > last:
+        if frame > min(last, MAX_FRAMES - 1):
             raise FormatError(
-                path, f"{box_where}: beyond the task's last frame {last:g}", doc.line(element)
+                path,
+                f"{box_where}: beyond the task's last frame {min(last, MAX_FRAMES - 1):g}",
+                doc.line(element),
             )
-        if frame in keys:
-            raise FormatError(path, f"{box_where}: two boxes on one frame", doc.line(element))
-        box = _box(doc, path, element, names, box_where, label=label, track_id=track_id)
-        keys[frame] = _Key(frame, box, _flag(doc, path, element, "outside", box_where))
-    return [keys[f] for f in sorted(keys)]
+        if frame in listed:
+            raise FormatError(path, f"{box_where}: two shapes on one frame", doc.line(element))
+        outside = _flag(doc, path, element, "outside", box_where)
+        box = _shape(doc, path, element, names, box_where, report, boxes_only, label, track_id)
+        listed[frame] = (box, outside)
+    keys: list[_Key] = []
+    for frame in sorted(listed):
+        box, outside = listed[frame]
+        if box is None and outside and keys:
+            box = keys[-1].box
+        if box is not None:
+            keys.append(_Key(frame, box, outside))
+    return keys
 
 
 def _between(a: CvatBox, b: CvatBox, t: float) -> CvatBox:
     xtl, ytl, xbr, ybr = (getattr(a, c) + (getattr(b, c) - getattr(a, c)) * t for c in _COORDS)
-    return CvatBox(a.label, a.class_id, xtl, ytl, xbr, ybr, a.occluded, a.track_id, a.line)
+    return CvatBox(a.label, a.class_id, xtl, ytl, xbr, ybr, a.occluded, a.track_id, a.line, a.shape)
 
 
 def _expand_track(keys: list[_Key], last: int) -> Iterator[tuple[int, CvatBox]]:
@@ -714,11 +840,13 @@ def _expand_track(keys: list[_Key], last: int) -> Iterator[tuple[int, CvatBox]]:
             yield frame, keys[-1].box
 
 
-def read_cvat_video_xml(path: str | os.PathLike[str]) -> CvatVideo:
+def read_cvat_video_xml(path: str | os.PathLike[str], boxes_only: bool = False) -> CvatVideo:
     """Read "CVAT for video 1.1" and expand its tracks to per-frame boxes (see expand_track).
 
-    Every listed <box> is used, keyframe or not (CVAT writes interpolated frames with
+    Every listed shape is used, keyframe or not (CVAT writes interpolated frames with
     keyframe="0"), so files with only keyframes and files with every frame give the same.
+    Other shapes than boxes become boxes by the `cvat_shapes` rule (`boxes_only` skips them)
+    before interpolation, so a tracked polygon moves as its bounding box does between keys.
     Without <size> or <stop_frame> the video ends at the last listed frame.
     """
     xml_path = Path(path)
@@ -728,17 +856,21 @@ def read_cvat_video_xml(path: str | os.PathLike[str]) -> CvatVideo:
     width, height = _video_size(doc, xml_path, task)
     known = _last_frame(doc, xml_path, task)
     limit = known if known is not None else math.inf
+    report = ShapeReport()
     tracks = [
-        _track_keys(doc, xml_path, track, index, names, limit)
+        _track_keys(doc, xml_path, track, index, names, limit, report, boxes_only)
         for index, track in enumerate(doc.root.findall("track"))
     ]
+    tags = len(doc.root.findall("tag"))
+    if tags:
+        report.skipped["tag (image-level)"] += tags
     last = known if known is not None else max((k.frame for t in tracks for k in t), default=-1)
     frames: dict[int, list[CvatBox]] = {f: [] for f in range(last + 1)}
     for keys in tracks:
         for frame, box in _expand_track(keys, last):
             frames[frame].append(box)
-    _note_other_shapes(xml_path, doc.root)
-    return CvatVideo(names, width, height, last + 1, frames)
+    _log_shapes(xml_path, report)
+    return CvatVideo(names, width, height, last + 1, frames, report)
 
 
 def cvat_video_to_yolo(
@@ -746,23 +878,24 @@ def cvat_video_to_yolo(
     out_labels_dir: str | os.PathLike[str],
     name_pattern: str = "frame_{:06d}",
     out_data_yaml: str | os.PathLike[str] | None = None,
+    boxes_only: bool = False,
 ) -> dict:
     """One YOLO label file per frame of the task (`name_pattern.format(frame)` + .txt; empty
-    = nothing on that frame). Use `"<video stem>_{:06d}"` to match `extract_frames` names."""
+    = nothing on that frame). Use `"<video stem>_{:06d}"` to match `extract_frames` names.
+    Boxes past the border are clipped (one warning for the file). Returns {"frames", "boxes",
+    "clipped", "shapes" (ShapeReport.as_dict), "labels_dir"}."""
     xml_path = Path(xml)
-    video = read_cvat_video_xml(xml_path)
+    video = read_cvat_video_xml(xml_path, boxes_only=boxes_only)
+    clipped = _Clipped()
     planned: dict[str, list[YoloBox]] = {}
     for frame, boxes in video.frames.items():
         name = name_pattern.format(frame)
-        yolo = []
-        for box in boxes:
-            try:
-                yolo.append(box.to_yolo(video.width, video.height))
-            except ValueError as exc:
-                raise FormatError(
-                    xml_path, f"track {box.track_id} frame {frame}: {exc}", box.line
-                ) from None
-        planned[name] = yolo
+        planned[name] = [
+            clipped.convert(
+                xml_path, box, video.width, video.height, f"track {box.track_id} frame {frame}"
+            )
+            for box in boxes
+        ]
     if len(planned) != len(video.frames):
         raise ValueError(f"name_pattern {name_pattern!r} gives the same name to several frames")
     with staged_directory(out_labels_dir) as tmp:
@@ -773,5 +906,7 @@ def cvat_video_to_yolo(
     return {
         "frames": len(planned),
         "boxes": sum(len(b) for b in planned.values()),
+        "clipped": clipped.note(xml_path),
+        "shapes": video.shapes.as_dict(),
         "labels_dir": str(out_labels_dir),
     }

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 logger = logging.getLogger("defects")
 
-__all__ = ["FormatError", "SkipReport", "handle", "note_clipped"]
+__all__ = ["FormatError", "SkipReport", "first_few", "handle", "note_clipped"]
 
 
 class FormatError(ValueError):
@@ -103,3 +104,8 @@ def note_clipped(
     logger.warning("%s: clipped %d box(es) to the image, %s", os.fspath(path), count, detail)
     if report is not None:
         report.add_clipped(path, count)
+
+
+def first_few(items: Sequence[object], limit: int = 5) -> str:
+    """'a, b, c, ...': the first `limit` items of a list a warning points at."""
+    return ", ".join(map(str, items[:limit])) + (", ..." if len(items) > limit else "")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from defects.formats.errors import FormatError, SkipReport, handle
+from defects.formats.errors import FormatError, SkipReport, first_few, handle
 from defects.formats.io import atomic_directory, atomic_write_bytes
 from defects.formats.layout import IMAGE_SUFFIXES, SPLITS
 from defects.formats.voc import _check_split, _is_within, _split_counts
@@ -80,7 +80,9 @@ def _grey_array(path: Path, palette_as_index: bool) -> np.ndarray:
     The shared decoder (`open_image`) loads it fully so a truncated PNG fails here, not during
     training, and keeps the stored values (no conversion to grey). For
     'P' images the indices are the data when they are class ids (`palette_as_index`); for a
-    binary mask the palette colours are what the annotator saw, so they are used instead.
+    binary mask the palette colours are what the annotator saw, so they are used instead, and
+    a 1-bit mask reads as 0/255 like the black and white it shows (as 0/1 it would fall under
+    any threshold above 1 and its defects would vanish).
     Multi-band images are accepted only when every colour band is equal (a grey mask saved as
     RGB) and any alpha is fully opaque: anything else is a colour-coded mask we cannot read.
     """
@@ -93,7 +95,9 @@ def _grey_array(path: Path, palette_as_index: bool) -> np.ndarray:
         arr = np.array(im)
 
     if mode in _SINGLE_BAND:
-        return arr.astype(np.uint8) if arr.dtype == np.bool_ else arr
+        if arr.dtype == np.bool_:  # a 1-bit file: 0/1 are class ids, or black/white (0/255)
+            return arr.astype(np.uint8) * np.uint8(1 if palette_as_index else 255)
+        return arr
     if mode not in _COLOUR_BANDS:
         raise FormatError(path, f"unsupported image mode {mode!r} for a mask")
     if "A" in mode:
@@ -219,6 +223,23 @@ def _prefix(name: str) -> str:
 # --------------------------------------------------------------------------- folder scan
 
 
+def _subfolders(folder: Path, recursive: bool) -> list[Path]:
+    """`folder`, and with `recursive` every non-hidden folder below it, in sorted order."""
+    if not recursive:
+        return [folder]
+    below = (
+        d
+        for d in folder.rglob("*")
+        if d.is_dir() and not any(p.startswith(".") for p in d.relative_to(folder).parts)
+    )
+    return [folder, *sorted(below)]
+
+
+def _stem_in(folder: Path, sub: Path, stem: str) -> str:
+    """`part01/img0` -> `part01_img0`: the subfolder path joined into the output stem."""
+    return "_".join((*sub.relative_to(folder).parts, stem))
+
+
 @dataclass
 class _Pair:
     stem: str
@@ -326,6 +347,7 @@ def import_mask_folder(
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     strict: bool = True,
+    recursive: bool = False,
 ) -> dict:
     """Import per-class folders of images + binary masks into the index-mask layout.
 
@@ -345,17 +367,22 @@ def import_mask_folder(
     - Several images with one stem, or a mask without an image, are errors too.
 
     In a class folder every image needs its mask; pixels >= `mask_threshold` are the class.
-    A mask that thresholds to nothing (Magnetic-Tile has a few) keeps the image as defect-free
-    with a warning. In the "none" folder a mask may be missing; if present it must be empty.
+    A mask that thresholds to nothing (Magnetic-Tile has a few; KolektorSDD ships one for every
+    clean image) keeps the image as defect-free; one warning at the end counts them all.
+    In the "none" folder a mask may be missing; if present it must be empty.
     Masks must match their image's size. Errors raise FormatError naming the file when
     `strict`, else the image is skipped, logged and counted.
 
     The split is stratified per folder and seeded (numpy default_rng from `seed` and the class
     name): every folder with at least 3 images gets an image in each split with a positive
     fraction. Output stems are `<class name>__<source stem>`, so they are unique across
-    folders. `out_dir` is written whole or not at all (`atomic_directory`) and the source is
-    only read. Returns {"images": {split: n}, "per_class": {name: n_images}, "defect_free": n,
-    "skipped": n, "empty_masks": n, "classes": [names]}.
+    folders. With `recursive`, the subfolders of each class folder are read too (datasets
+    shipped one folder per part or batch, `kos01/Part0.jpg` + `kos01/Part0_label.bmp`, paired
+    within each subfolder) and the stem carries the subfolder: `<class>__kos01_Part0`; two
+    files that would get one output name are an error naming both. `out_dir` is written
+    whole or not at all (`atomic_directory`) and the source is only read. Returns
+    {"images": {split: n}, "per_class": {name: n_images}, "defect_free": n, "skipped": n,
+    "empty_masks": n, "classes": [names]}.
     """
     fractions = _check_split(split_fractions)
     if isinstance(mask_threshold, bool) or not isinstance(mask_threshold, (int, np.integer)):
@@ -405,12 +432,22 @@ def import_mask_folder(
     report = SkipReport()
     class_ids = {name: i + 1 for i, name in enumerate(names)}
     per_folder: dict[str, list[_Item]] = {}
-    empty_masks = 0
+    empty: list[str] = []  # masks with no pixel over the threshold, for the summary warning
     for key, folder in folders.items():
         items: list[_Item] = []
-        pairs = _pair_files(folder, suffixes, mask_suffix, strict, report)
-        for pair in progress(pairs, f"read {key}"):
-            out_stem = f"{prefixes[key]}__{pair.stem}"
+        pairs = [
+            (_stem_in(folder, sub, pair.stem), pair)
+            for sub in _subfolders(folder, recursive)
+            for pair in _pair_files(sub, suffixes, mask_suffix, strict, report)
+        ]
+        taken: dict[str, Path] = {}
+        for stem, pair in progress(pairs, f"read {key}"):
+            out_stem = f"{prefixes[key]}__{stem}"
+            if out_stem in taken:
+                reason = f"output name {out_stem} is also that of {taken[out_stem]}"
+                handle(FormatError(pair.image, reason), strict, report)
+                continue
+            taken[out_stem] = pair.image
             try:
                 shape = _image_shape(pair.image)
                 if pair.mask is None:
@@ -440,19 +477,20 @@ def import_mask_folder(
                     continue
                 items.append(_Item(out_stem, pair.image, None))
             elif not binary.any():
-                logger.warning(
-                    "%s: no pixel >= %d; importing %s as defect-free",
-                    pair.mask,
-                    mask_threshold,
-                    pair.image.name,
-                )
-                empty_masks += 1
+                empty.append(str(pair.mask.relative_to(src_root)))
                 items.append(_Item(out_stem, pair.image, None))
             else:
                 index = binary.astype(np.uint8) * np.uint8(class_ids[key])
                 items.append(_Item(out_stem, pair.image, index))
         per_folder[key] = items
 
+    if empty:
+        logger.warning(
+            "import_mask_folder: %d mask(s) with no pixel >= %d, imported as defect-free: %s",
+            len(empty),
+            mask_threshold,
+            first_few(empty),
+        )
     if not any(per_folder.values()):
         raise FormatError(src_root, f"no usable images in the class folders\n{report.summary()}")
 
@@ -485,6 +523,6 @@ def import_mask_folder(
         "per_class": {name: sum(it.mask is not None for it in per_folder[name]) for name in names},
         "defect_free": sum(it.mask is None for it in all_items),
         "skipped": report.count,
-        "empty_masks": empty_masks,
+        "empty_masks": len(empty),
         "classes": names,
     }

@@ -128,12 +128,14 @@ def _parse_rle(rle: str | float | None, n_pixels: int) -> tuple[np.ndarray, np.n
     if np.any(lengths < 1):
         i = first(lengths < 1)
         raise ValueError(f"run {i + 1}: length {lengths[i]} < 1")
-    last = starts + lengths - 1
-    if np.any(last > n_pixels):
-        i = first(last > n_pixels)
+    past = lengths > n_pixels - (starts - 1)  # not `starts + lengths`: that can wrap int64
+    if np.any(past):
+        i = first(past)
+        end = int(starts[i]) + int(lengths[i]) - 1
         raise ValueError(
-            f"run {i + 1}: pixels {starts[i]}..{last[i]} go past the image end ({n_pixels} pixels)"
+            f"run {i + 1}: pixels {starts[i]}..{end} go past the image end ({n_pixels} pixels)"
         )
+    last = starts + lengths - 1
     if starts.size > 1:
         unsorted = starts[1:] < starts[:-1]
         if np.any(unsorted):

@@ -12,11 +12,17 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from defects.formats.errors import FormatError, SkipReport, handle, note_clipped
+from defects.formats.errors import FormatError, SkipReport, first_few, handle, note_clipped
 from defects.formats.io import atomic_directory
 from defects.formats.layout import IMAGE_SUFFIXES, SPLITS
 from defects.formats.xml_lines import LinedXml, finite_number, parse_xml
-from defects.formats.yolo import YoloBox, write_class_names, write_yolo_labels
+from defects.formats.yolo import (
+    PIXEL_EDGE_TOL,
+    YoloBox,
+    pixel_overshoot,
+    write_class_names,
+    write_yolo_labels,
+)
 from defects.progress import progress
 
 __all__ = ["VocObject", "VocAnnotation", "read_voc", "convert_voc_dataset"]
@@ -24,9 +30,8 @@ __all__ = ["VocObject", "VocAnnotation", "read_voc", "convert_voc_dataset"]
 logger = logging.getLogger("defects")
 
 # Boxes past the border are clipped, as they always were (tools draw a pixel or two past the
-# edge, or overshoot by float rounding); past this many pixels the clip is also counted, with one
+# edge, or overshoot by float rounding); past PIXEL_EDGE_TOL the clip is also counted, with one
 # warning per XML file giving the largest overshoot. Below it is noise from the real/xml scaling.
-_EDGE_PX = 1e-6
 
 
 @dataclass
@@ -290,12 +295,12 @@ def convert_voc_dataset(
                 )
                 continue
             boxes.append(box)
-            overshoot = max(-x1, -y1, x2 - real_w, y2 - real_h, 0.0)
-            if overshoot > _EDGE_PX:
+            overshoot = pixel_overshoot(x1, y1, x2, y2, real_w, real_h)
+            if overshoot > PIXEL_EDGE_TOL:
                 clipped.append(index)
                 worst = max(worst, overshoot)
         if clipped:
-            shown = ", ".join(map(str, clipped[:5])) + (", ..." if len(clipped) > 5 else "")
+            shown = first_few(clipped)
             detail = f"overshoot up to {worst:.3g} px of {real_w}x{real_h}, object(s) {shown}"
             note_clipped(xml_path, len(clipped), detail, report)
         items.append(_Item(stem, image_path, boxes))

@@ -16,11 +16,14 @@ from typing import Any
 
 import yaml
 
-from defects.formats.errors import FormatError, SkipReport, handle, note_clipped
+from defects.formats.errors import FormatError, SkipReport, first_few, handle, note_clipped
 from defects.formats.io import atomic_write_text
 
 __all__ = [
     "CLIP_TOLERANCE",
+    "IMPORT_CLIP_TOLERANCE",
+    "PIXEL_EDGE_TOL",
+    "pixel_overshoot",
     "NumberedBox",
     "YoloBox",
     "parse_yolo_line",
@@ -36,6 +39,12 @@ _EDGE_TOL = 1e-6
 # Overshoot past the border (normalised) that the reader clips, with a counted warning, instead
 # of rejecting the line: annotation tools write e.g. 1.0004 for a box that touches the edge.
 CLIP_TOLERANCE = 1e-3
+# What importers of other tools' exports clip instead (with the same counted warning): boxes
+# drawn partly past the border, e.g. Datumaro's YOLO export writing w = 1.05. Further out than
+# half the image is no drawing slip but a broken file (pixel coordinates, say): still an error.
+IMPORT_CLIP_TOLERANCE = 0.5
+# Overshoot in pixels below which importers clipping pixel boxes do not count it: float noise.
+PIXEL_EDGE_TOL = 1e-6
 # Smallest normalized size that survives the 6-decimal text format without rounding to zero.
 _MIN_SIZE = 1e-6
 _FIELDS = ("cx", "cy", "w", "h")
@@ -105,6 +114,14 @@ class YoloBox:
         return f"{self.class_id} {self.cx:.6f} {self.cy:.6f} {self.w:.6f} {self.h:.6f}"
 
 
+def pixel_overshoot(x1: float, y1: float, x2: float, y2: float, width: int, height: int) -> float:
+    """How far, in pixels, corners run past a `width` x `height` image; 0.0 when inside.
+
+    `YoloBox.from_xyxy` clips such boxes; importers use this to count and report them.
+    """
+    return max(-x1, -y1, x2 - width, y2 - height, 0.0)
+
+
 @dataclass(frozen=True)
 class NumberedBox(YoloBox):
     """A box as read from a label file and its 1-based line there.
@@ -165,16 +182,25 @@ def _parse_fields(
     return class_id, cx, cy, w, h
 
 
+def _six(value: float) -> float:
+    """`value` at the label format's precision: exactly what `to_line` writes for it."""
+    return float(f"{value:.6f}")
+
+
 def _parse(text: str, num_classes: int | None, tolerance: float) -> tuple[YoloBox, float]:
     """The box of one line, clipped to [0, 1], and how far it overshot (0.0 if it fitted).
 
-    An overshoot of at most `tolerance` (normalised) is clipped; more is a ValueError.
+    An overshoot of at most `tolerance` (normalised) is clipped; more is a ValueError. Values
+    come back at the format's 6 decimals (tools write more), checked as rounded: so whatever
+    is read, the writer writes back digit for digit and reads again as the same box.
     """
-    class_id, cx, cy, w, h = _parse_fields(text, num_classes, tolerance)
-    if w <= 0:
-        raise ValueError(f"w must be > 0, got {w:g}")
-    if h <= 0:
-        raise ValueError(f"h must be > 0, got {h:g}")
+    class_id, *values = _parse_fields(text, num_classes, tolerance)
+    for name, size in (("w", values[2]), ("h", values[3])):
+        if size <= 0:
+            raise ValueError(f"{name} must be > 0, got {size:g}")
+        if size < _MIN_SIZE:  # the 6-decimal format would write it back as 0
+            raise ValueError(f"{name}={size:g} is below the format's precision ({_MIN_SIZE:g})")
+    cx, cy, w, h = (_six(v) for v in values)
     overshoot = 0.0
     centre_size = []
     for axis, c, size in (("x", cx, w), ("y", cy, h)):
@@ -189,7 +215,7 @@ def _parse(text: str, num_classes: int | None, tolerance: float) -> tuple[YoloBo
                     f"box has no extent left after clipping to the image: {axis} from {lo:g} "
                     f"to {hi:g}"
                 )
-            c, size = (clo + chi) / 2, chi - clo
+            c, size = _six((clo + chi) / 2), _six(chi - clo)  # overshoot <= 7.5e-7 < tol
             overshoot = max(overshoot, over)
         centre_size.append((c, size))
     (cx, w), (cy, h) = centre_size
@@ -230,6 +256,7 @@ def _read_lines(
     strict: bool,
     report: SkipReport | None,
     check_geometry: bool,
+    clip_tolerance: float = CLIP_TOLERANCE,
 ) -> list[tuple[int, YoloBox]]:
     """(1-based line, box) of every good line; the shared body of the two public readers."""
     label_path = Path(path)
@@ -240,7 +267,7 @@ def _read_lines(
     except FormatError as err:
         handle(err, strict, report)
         return []
-    parse = partial(_parse, tolerance=CLIP_TOLERANCE) if check_geometry else _parse_unjudged
+    parse = partial(_parse, tolerance=clip_tolerance) if check_geometry else _parse_unjudged
     boxes: list[tuple[int, YoloBox]] = []
     clipped: list[int] = []
     worst = 0.0
@@ -259,8 +286,7 @@ def _read_lines(
             clipped.append(lineno)
             worst = max(worst, overshoot)
     if clipped:
-        shown = ", ".join(map(str, clipped[:5])) + (", ..." if len(clipped) > 5 else "")
-        detail = f"overshoot up to {worst:.2g} (normalised), line(s) {shown}"
+        detail = f"overshoot up to {worst:.2g} (normalised), line(s) {first_few(clipped)}"
         note_clipped(label_path, len(clipped), detail, report)
     return boxes
 
@@ -270,6 +296,7 @@ def read_yolo_labels(
     num_classes: int | None = None,
     strict: bool = True,
     report: SkipReport | None = None,
+    clip_tolerance: float = CLIP_TOLERANCE,
 ) -> list[YoloBox]:
     """Read one label file; a missing or empty file is a defect-free image and gives [].
 
@@ -278,8 +305,10 @@ def read_yolo_labels(
     a whole: when not strict it yields [], so check `report` before trusting that as defect-free.
     Boxes overshooting the border by at most CLIP_TOLERANCE are clipped, strict or not, with
     one warning per file and the count in `report.clipped`; a larger overshoot is a bad line.
+    Importers of other tools' exports pass `clip_tolerance=IMPORT_CLIP_TOLERANCE`.
     """
-    return [box for _, box in _read_lines(path, num_classes, strict, report, True)]
+    pairs = _read_lines(path, num_classes, strict, report, True, clip_tolerance)
+    return [box for _, box in pairs]
 
 
 def read_numbered_labels(
