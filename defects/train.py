@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from defects.bundle import save_bundle
+from defects.checkpoints import LatestCheckpoint
 from defects.config import ConfigError, validate_config
 from defects.kinds import kind_of
 from defects.kinds.base import ModelKind
@@ -44,7 +45,14 @@ log = logging.getLogger("defects")
 
 
 def checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint:
-    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    checkpoint = next(
+        (
+            c
+            for c in trainer.callbacks
+            if isinstance(c, ModelCheckpoint) and not isinstance(c, LatestCheckpoint)
+        ),
+        None,
+    )
     if checkpoint is None:
         raise ConfigError(
             "callbacks.model_checkpoint: training needs a ModelCheckpoint to pick the best model"
