@@ -74,7 +74,10 @@ class LatestCheckpoint(ModelCheckpoint):
 
     def __init__(self, dirpath: str, every_n_steps: int | None = None):
         if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be at least 1 (or null), got {every_n_steps}")
+            raise ValueError(
+                f"callbacks.last_checkpoint.every_n_steps: must be at least 1 (or null), "
+                f"got {every_n_steps}"
+            )
         super().__init__(
             dirpath=dirpath,
             filename=self.CHECKPOINT_NAME_LAST,

@@ -30,7 +30,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from defects.bundle import load_bundle
-from defects.checkpoints import RESUMED_BY, RESUMED_FROM, AtomicCheckpointIO
+from defects.checkpoints import RESUMED_BY, RESUMED_FROM, AtomicCheckpointIO, LatestCheckpoint
 from defects.data.synthetic import generate_weld_dataset
 from tests.conftest import TINY_WELD, weld_overrides
 
@@ -236,3 +236,40 @@ def test_atomic_checkpoint_io_killed_mid_write_keeps_the_old_file(tmp_path: Path
         proc.wait()
     state = torch.load(path, weights_only=True)
     assert state["step"] >= 1 and bool((state["w"] == state["step"]).all())
+
+
+class LastProbe(L.Callback):
+    """The global step last.ckpt holds at the start of every training batch, written to
+    `<path>.json` when training ends."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.seen: list[int | None] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        found = self.path.exists()
+        step = torch.load(self.path, weights_only=True)["global_step"] if found else None
+        self.seen.append(step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        Path(f"{self.path}.json").write_text(json.dumps(self.seen))
+
+
+def test_every_n_steps_saves_last_inside_the_epoch(weld_cfg, tmp_path: Path, one_thread) -> None:
+    """`callbacks.last_checkpoint.every_n_steps=1`: last.ckpt after each step inside an
+    epoch; the epoch's own last step is saved at the epoch's end, after validation."""
+    from defects.train import train
+
+    last = tmp_path / "model_dir" / "checkpoints" / "last.ckpt"
+    train(
+        weld_cfg(
+            "callbacks.last_checkpoint.every_n_steps=1",
+            "trainer.max_epochs=1",
+            f"+callbacks.probe._target_={__name__}.LastProbe",
+            f"+callbacks.probe.path={last}",
+        )
+    )
+    assert json.loads(Path(f"{last}.json").read_text()) == [None, 1]  # debug=tiny: 2 steps
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    with pytest.raises(ValueError, match="callbacks.last_checkpoint.every_n_steps"):
+        LatestCheckpoint(str(tmp_path), every_n_steps=0)
