@@ -21,11 +21,21 @@ def _setting(name: str, default: Any = None) -> Any:
     return setting(name, default)
 
 
+def _launcher(name: str, default: int) -> int:
+    """`${launcher:NAME,DEFAULT}`: the node or per-node process count an outside launcher
+    (torchrun, srun) started (defects.launch), else DEFAULT."""
+    from defects.launch import layout_value
+
+    return layout_value(name, default)
+
+
 def _register_resolver() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("setting"):
         OmegaConf.register_new_resolver("setting", _setting)
+    if not OmegaConf.has_resolver("launcher"):
+        OmegaConf.register_new_resolver("launcher", _launcher)
 
 
 _register_resolver()

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from defects.formats.errors import FormatError
-from defects.formats.io import atomic_write_bytes
+from defects.formats.io import atomic_write_bytes, remove_stale_temps
 
 BUNDLE_FORMAT = "defects-bundle"
 BUNDLE_VERSION = 1
@@ -71,6 +71,7 @@ def save_bundle(
     buffer = io.BytesIO()
     torch.save(bundle, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+    remove_stale_temps(path)  # what a run killed while writing a bundle here left
     return path
 
 

@@ -11,6 +11,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from defects.formats.io import atomic_write_with
+
 COLORS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#bf5af2", "#ff9f0a", "#64d2ff", "#ff375f")
 
 
@@ -65,11 +67,9 @@ def image_grid(
 
 
 def save_figure(fig: Figure, out_png: str | Path) -> Path:
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout(pad=0.4)
-    fig.savefig(out_png, format="png")
-    return out_png
+    # Whole or not at all: a run killed while drawing leaves the previous figure.
+    return atomic_write_with(out_png, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def plot_predictions(

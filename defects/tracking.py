@@ -100,6 +100,8 @@ class MetricsHistory(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run or trainer.global_rank != 0:
             return
+        if trainer.fit_loop.restarted_on_epoch_end:
+            return  # a resumed run replaying the end of the epoch it resumed from: recorded
         metrics = {
             k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if v.numel() == 1
         }

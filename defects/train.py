@@ -10,6 +10,7 @@ Under DDP only rank 0 finishes (thresholds, bundle, reports, plots).
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from defects.bundle import save_bundle
+from defects.checkpoints import LatestCheckpoint
 from defects.config import ConfigError, validate_config
 from defects.kinds import kind_of
 from defects.kinds.base import ModelKind
+from defects.launch import rank_overrides
 from defects.runtime import (
     TrainingError,
     log_config,
@@ -42,7 +45,14 @@ log = logging.getLogger("defects")
 
 
 def checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint:
-    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    checkpoint = next(
+        (
+            c
+            for c in trainer.callbacks
+            if isinstance(c, ModelCheckpoint) and not isinstance(c, LatestCheckpoint)
+        ),
+        None,
+    )
     if checkpoint is None:
         raise ConfigError(
             "callbacks.model_checkpoint: training needs a ModelCheckpoint to pick the best model"
@@ -50,8 +60,8 @@ def checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint:
     return checkpoint
 
 
-def load_best(module: L.LightningModule, trainer: L.Trainer) -> tuple[str, float]:
-    """Put the best checkpoint's weights into `module`; return its path and monitored score.
+def best_checkpoint(trainer: L.Trainer) -> tuple[str, float]:
+    """The best checkpoint's path and monitored score (known on every rank).
 
     No fallback to the last checkpoint: a missing best means the monitor was never logged
     (or training stopped before the first validation), which must not pass silently.
@@ -63,9 +73,14 @@ def load_best(module: L.LightningModule, trainer: L.Trainer) -> tuple[str, float
             f"no best checkpoint: ModelCheckpoint(monitor='{checkpoint.monitor}') saved none; "
             f"logged metrics were {sorted(trainer.callback_metrics)} (did validation run?)"
         )
-    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
     return best, float(score)
+
+
+def load_best(module: L.LightningModule, path: str) -> None:
+    """Put the best checkpoint's weights into `module` (rank 0 only: on a cluster without a
+    shared filesystem the other nodes never see the file)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
 
 
 def finish(
@@ -107,7 +122,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("fast_dev_run: the whole path ran once; no bundle or report written")
         return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    best, score = load_best(module, trainer)
+    best, score = best_checkpoint(trainer)
     monitor = checkpoint_callback(trainer).monitor
     if trainer.world_size > 1:
         # Rank 0 finishes alone: end the process group on every rank first, so the metrics
@@ -117,6 +132,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             torch.distributed.destroy_process_group()
     if not trainer.is_global_zero:  # rank 0 writes; the others only report the score
         return {monitor: score}
+    load_best(module, best)
     metrics, outputs, bundle = finish(kind, module, datamodule, cfg)
     metrics = {**metrics, monitor: score}
     paths = cfg.paths
@@ -142,4 +158,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv += rank_overrides(sys.argv)  # torchrun/srun ranks past 0: their own log name
     start_app(main)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from defects.data.cache import DecodedCache
 from defects.data.images import list_images, read_image
-from defects.data.loaders import loader_workers
+from defects.data.loaders import ResumableLoader, loader_workers
 from defects.data.transforms import build_transform, to_tensor
 from defects.formats.errors import FormatError, SkipReport, handle
 from defects.formats.yolo import read_class_names, read_yolo_labels
@@ -198,7 +198,7 @@ def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict[str, t
     return list(images), list(targets)
 
 
-class DetectionDataModule(L.LightningDataModule):
+class DetectionDataModule(ResumableLoader, L.LightningDataModule):
     """YOLO-layout detection data for any detection task; what differs lives in config."""
 
     def __init__(
@@ -310,7 +310,7 @@ class DetectionDataModule(L.LightningDataModule):
         return save_preview(self.root, out_png, split=split, channels=self.channels)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self.resumable(self._loader("train", shuffle=True))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("valid", shuffle=False)

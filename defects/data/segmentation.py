@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from defects.data.cache import DecodedCache
 from defects.data.images import list_images, open_image, read_image
-from defects.data.loaders import loader_workers
+from defects.data.loaders import ResumableLoader, loader_workers
 from defects.data.transforms import build_transform, to_tensor
 from defects.formats.errors import FormatError, SkipReport, handle
 from defects.formats.mask_folder import read_index_mask
@@ -176,7 +176,7 @@ def balanced_weights(labels: Sequence[set[int]], clean_share: float | None = Non
     return [w * scale[not found] for w, found in zip(weights, labels, strict=True)]
 
 
-class SegmentationDataModule(L.LightningDataModule):
+class SegmentationDataModule(ResumableLoader, L.LightningDataModule):
     """Train on random (defect-biased) crops, validate and test on whole images."""
 
     def __init__(
@@ -337,7 +337,7 @@ class SegmentationDataModule(L.LightningDataModule):
         return save_steel_preview(self.root, out_png, split=split, class_names=self.class_names)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        return self.resumable(self._loader("train", self.batch_size, shuffle=True))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("valid", self.eval_batch_size, shuffle=False)

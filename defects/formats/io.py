@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 import shutil
@@ -17,12 +18,31 @@ __all__ = [
     "atomic_write_with",
     "atomic_directory",
     "staged_directory",
+    "remove_stale_temps",
 ]
 
 
 def _sibling(path: Path, tag: str) -> Path:
     """Hidden, unique name next to `path`: same filesystem, so os.replace/rename is atomic."""
     return path.with_name(f".{path.name}.{tag}-{secrets.token_hex(4)}")
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temp siblings of `path` that writers killed before their rename left behind
+    (a SIGKILL runs no cleanup); returns them. Called once a new version of `path` is in,
+    so a rerun ends with the output and nothing else, however often it was killed."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    stale = [
+        p
+        for tag in ("tmp", "old")
+        for p in target.parent.glob(f".{glob.escape(target.name)}.{tag}-*")
+    ]
+    for leftover in stale:
+        with contextlib.suppress(OSError):
+            _remove(leftover)
+    return stale
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -124,6 +144,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
     if old is not None:
         _remove(old)
+    remove_stale_temps(target)
 
 
 @contextmanager
