@@ -81,7 +81,8 @@ def store_faults() -> tuple[type[BaseException], ...]:
 def failure_reason(exc: BaseException) -> str:
     """The innermost system error behind `exc` (MLflow wraps requests, which wraps urllib3,
     which wraps the socket's), e.g. "Connection refused"; else the first line of `exc`."""
-    reason, seen, current = "", set(), exc
+    reason, seen = "", set()
+    current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, TimeoutError):
@@ -135,7 +136,7 @@ class TrackingLogger(MLFlowLogger):
         self.connect_timeout = connect_timeout
         self.off: str | None = None  # why tracking is off, once it is
 
-    @property  # type: ignore[override]
+    @property
     @rank_zero_experiment
     def experiment(self) -> Any:
         """The client (calls guarded); starting the run first, unless tracking is off."""

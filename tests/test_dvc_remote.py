@@ -47,12 +47,11 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def sandbox_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Environment for git/dvc/boto3: fake AWS creds, no analytics, every config/cache in tmp."""
+def sandbox_environment(tmp_path: Path) -> dict[str, str]:
+    """Variables for git/dvc/boto3: fake AWS creds, no analytics, every config/cache in tmp."""
     home = tmp_path / "home"
-    home.mkdir()
-    values = {
+    home.mkdir(exist_ok=True)
+    return {
         "HOME": str(home),
         "AWS_ACCESS_KEY_ID": FAKE_KEY,
         "AWS_SECRET_ACCESS_KEY": FAKE_KEY,
@@ -71,9 +70,18 @@ def sandbox_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
         "GIT_COMMITTER_NAME": "defects tests",
         "GIT_COMMITTER_EMAIL": "tests@defects.invalid",
     }
-    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+
+
+# Variables of the developer's machine that would point boto3 elsewhere.
+FOREIGN_AWS = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+@pytest.fixture
+def sandbox_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The sandbox's variables in this process's environment too (boto3 runs here)."""
+    for name in FOREIGN_AWS:
         monkeypatch.delenv(name, raising=False)
-    for name, value in values.items():
+    for name, value in sandbox_environment(tmp_path).items():
         monkeypatch.setenv(name, value)
     return dict(os.environ)
 
