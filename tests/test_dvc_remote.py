@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -133,6 +134,21 @@ def committed_remote() -> tuple[str, str]:
     return parsed.netloc, parsed.path.strip("/")
 
 
+def bucket_client(endpoint: str, bucket: str) -> Any:
+    """A boto3 S3 client of `endpoint` (moto takes any keys), once `bucket` is made there."""
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=FAKE_KEY,
+        aws_secret_access_key=FAKE_KEY,
+    )
+    client.create_bucket(Bucket=bucket)
+    return client
+
+
 def test_committed_dvc_config_has_no_endpoint_or_credentials() -> None:
     config = ConfigObj(str(COMMITTED_DVC_CONFIG))
     assert config["core"]["remote"] == REMOTE
@@ -150,8 +166,6 @@ def test_committed_dvc_config_has_no_endpoint_or_credentials() -> None:
 def test_push_then_pull_restores_data(
     s3_endpoint: str, sandbox_env: dict[str, str], tmp_path: Path
 ) -> None:
-    import boto3
-
     env = sandbox_env
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -160,14 +174,7 @@ def test_push_then_pull_restores_data(
     shutil.copyfile(COMMITTED_DVC_CONFIG, repo / ".dvc" / "config")
     bucket, prefix = committed_remote()
 
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=FAKE_KEY,
-        aws_secret_access_key=FAKE_KEY,
-    )
-    s3.create_bucket(Bucket=bucket)
+    s3 = bucket_client(s3_endpoint, bucket)
     for key, value in (
         ("endpointurl", s3_endpoint),
         ("access_key_id", FAKE_KEY),

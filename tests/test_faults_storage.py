@@ -1,11 +1,13 @@
 """Storage faults: `defects data pull/push` against an S3 remote (moto on loopback) that is
 down, refuses the credentials or lacks the bucket ends in one line naming the endpoint and
-what to check, leaves the workspace as it was and never shows the secret key. A pull killed
-part-way (its downloads held by a proxy, then SIGKILL) followed by a pull restores the data."""
+what to check, leaves the workspace as it was and never shows the secret key; so does a
+remote that dies mid-pull. A pull killed part-way (its downloads held by a proxy, then
+SIGKILL) followed by a pull restores the data, fetching only what was missing."""
 
 from __future__ import annotations
 
 import http.client
+import io
 import logging
 import os
 import random
@@ -18,12 +20,17 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from contextlib import (
+    AbstractContextManager,
+    contextmanager,
+    nullcontext,
+    redirect_stdout,
+    suppress,
+)
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import boto3
 import pytest
 
 from defects.cli import main
@@ -31,7 +38,7 @@ from defects.settings import load_settings
 from tests.servers import free_port, moto_server
 from tests.test_dvc_remote import (
     COMMITTED_DVC_CONFIG,
-    FAKE_KEY,
+    bucket_client,
     committed_remote,
     file_digests,
     sandbox_environment,
@@ -130,17 +137,8 @@ def pushed(s3: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
         patch.chdir(repo)  # DVC takes paths as from the working folder
         with Repo(str(repo)) as dvc:
             dvc.add(DATA.as_posix())
-    bucket, _ = committed_remote()
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3,
-        region_name="us-east-1",
-        aws_access_key_id=FAKE_KEY,
-        aws_secret_access_key=FAKE_KEY,
-    )
-    client.create_bucket(Bucket=bucket)
-    status, output = cli("data", "push", cwd=repo, env=env)
-    assert status == 0, output
+    bucket_client(s3, committed_remote()[0])
+    output = run_main(["data", "push"], env, repo)
     return repo, file_digests(repo / DATA), output
 
 
@@ -163,8 +161,7 @@ def test_push_then_pull_through_the_settings_endpoint(
     assert f"dvc push (storage): {N_FILES + 1} files pushed" in push_output  # and the .dir
     assert SECRET not in push_output
     repo = clone(pushed, tmp_path, with_data=False)
-    status, output = cli("data", "pull", cwd=repo, env=machine(tmp_path, s3))
-    assert status == 0, output
+    output = run_main(["data", "pull"], machine(tmp_path, s3), repo)
     (line,) = output.strip().splitlines()  # DVC's and boto3's chatter kept out
     assert line == f"dvc pull (storage): {N_FILES + 1} files fetched and {N_FILES} files added"
     assert file_digests(repo / DATA) == digests
@@ -180,6 +177,15 @@ def as_machine(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], repo: Path)
     for name, value in load_settings().environment().items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(repo)
+
+
+def run_main(args: list[str], env: dict[str, str], repo: Path) -> str:
+    """`defects ARGS` through the CLI's main() in this process (no interpreter and torch to
+    start each time), as `machine` sets it, in `repo`: what it printed."""
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(io.StringIO()) as out:
+        as_machine(patch, env, repo)
+        main(args)
+    return out.getvalue()
 
 
 @contextmanager
@@ -213,8 +219,8 @@ def test_a_faulty_remote_ends_in_one_line_naming_it(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Through the CLI's main() in this process: no interpreter (and torch) to start for
-    each of the six; the subprocess tests cover what a shell sees."""
+    """Through the CLI's main() in this process (see `run_main`); the subprocess tests below
+    cover what a shell sees."""
     repo = clone(pushed, tmp_path, with_data=direction == "push")
     endpoint = f"http://127.0.0.1:{free_port()}" if fault == "endpoint down" else s3
     env = machine(tmp_path, endpoint)
