@@ -149,6 +149,12 @@ class TrackingLogger(MLFlowLogger):
                 self._guard("start of the run", lambda: start(self))
         return _Guarded(self._mlflow_client, self._guard)
 
+    @property
+    def client(self) -> Any:
+        """The MlflowClient itself, unguarded: for what must fail loudly rather than be
+        skipped (registering a model the user asked for)."""
+        return self._mlflow_client
+
     def _guard(self, action: str, call: Callable[[], Any]) -> Any:
         if self.off is not None:
             return None
