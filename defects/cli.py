@@ -24,6 +24,7 @@ python -m defects cvat_video_to_yolo annotations.xml labels/line3 --name_pattern
 python -m defects import_cvat_yolo cvat_export_yolo data/line3
 python -m defects sanitize data/raw_photos --dry_run
 python -m defects doctor --json
+python -m defects data pull
 """
 
 from __future__ import annotations
@@ -352,6 +353,33 @@ def doctor(
         raise SystemExit(status)
 
 
+def _data_verb(direction: str) -> Any:
+    """`defects data pull|push`: DVC's transfer after a check of the default remote."""
+
+    def run(*targets: str, jobs: int | None = None, timeout: float = 5.0) -> str:
+        from defects.remote import RemoteError, transfer
+
+        try:
+            return transfer(
+                direction,  # type: ignore[arg-type]
+                [str(t) for t in targets],
+                ".",
+                None if jobs is None else int(jobs),
+                float(timeout),
+            )
+        except RemoteError as exc:
+            raise SystemExit(f"defects: {exc}") from None
+
+    run.__name__ = direction
+    run.__doc__ = (
+        f"`dvc {direction} [TARGETS]` after asking the default DVC remote (its endpoint, keys "
+        "and bucket), so a remote that is down, refuses the keys or lacks its bucket ends in "
+        "one line naming it and what to check, before anything moves. "
+        "`--jobs`: parallel transfers; `--timeout`: seconds the check waits."
+    )
+    return run
+
+
 def _hydra_verb(verb: str) -> Any:
     """A verb that hands its words to a Hydra app; `main` routes the verb before fire parses
     anything (fire would take `-m` or `--help` as its own), this only lists it in `--help`."""
@@ -387,6 +415,7 @@ COMMANDS = {
     "import_cvat_yolo": import_cvat_yolo,
     "sanitize": sanitize,
     "doctor": doctor,
+    "data": {"pull": _data_verb("pull"), "push": _data_verb("push")},
 }
 
 

@@ -402,6 +402,35 @@ def check_dvc_remote(settings: Settings, root: Path, timeout: float) -> Check:
     )
 
 
+def s3_problem(exc: BaseException, bucket: str, remote: str) -> tuple[str, str]:
+    """(what went wrong, what to check) for an S3 call that failed: the endpoint does not
+    answer, the credentials are missing or refused, or the bucket is not there. Says only
+    the error's code or type, never its text (which may quote a request)."""
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    endpoint_fix = (
+        "start the S3 service, or correct DEFECTS_S3_ENDPOINT_URL "
+        f"(or dvc remote modify --local {remote} endpointurl URL)"
+    )
+    if isinstance(exc, NoAnswer):
+        return str(exc), endpoint_fix
+    if isinstance(exc, NoCredentialsError):
+        return (
+            "no credentials",
+            "set DEFECTS_S3_ACCESS_KEY_ID and DEFECTS_S3_SECRET_ACCESS_KEY (environment or .env)",
+        )
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", "?"))
+        if code in ("404", "NoSuchBucket"):
+            fix = f"create bucket {bucket}, or correct the remote's url (dvc remote modify)"
+            return f"no bucket {bucket}", fix
+        return (
+            f"refused ({code})",
+            "check the S3 credentials (DEFECTS_S3_ACCESS_KEY_ID / DEFECTS_S3_SECRET_ACCESS_KEY)",
+        )
+    return f"unreachable ({type(exc).__name__})", endpoint_fix
+
+
 def _check_s3(
     name: str, remote: str, url: str, section: dict[str, str], settings: Settings, timeout: float
 ) -> Check:
@@ -413,7 +442,7 @@ def _check_s3(
     try:
         import boto3
         from botocore.config import Config
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+        from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:
         return Check(
             name,
@@ -433,42 +462,11 @@ def _check_s3(
         aws_secret_access_key=secret,
         config=Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1}),
     )
-    endpoint_fix = (
-        "start the S3 service, or correct DEFECTS_S3_ENDPOINT_URL "
-        f"(or dvc remote modify --local {remote} endpointurl URL)"
-    )
     try:
         within(2 * timeout + 1, lambda: client.head_bucket(Bucket=bucket))
-    except NoAnswer as exc:
-        return Check(name, False, f"{where}: {exc}", endpoint_fix, required=False)
-    except NoCredentialsError:
-        return Check(
-            name,
-            False,
-            f"{where}: no credentials",
-            "set DEFECTS_S3_ACCESS_KEY_ID and DEFECTS_S3_SECRET_ACCESS_KEY (environment or .env)",
-            required=False,
-        )
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", "?"))
-        if code in ("404", "NoSuchBucket"):
-            fix = f"create bucket {bucket}, or correct the remote's url (dvc remote modify)"
-            return Check(name, False, f"{where}: no bucket {bucket}", fix, required=False)
-        return Check(
-            name,
-            False,
-            f"{where}: refused ({code})",
-            "check the S3 credentials (DEFECTS_S3_ACCESS_KEY_ID / DEFECTS_S3_SECRET_ACCESS_KEY)",
-            required=False,
-        )
-    except BotoCoreError as exc:
-        return Check(
-            name,
-            False,
-            f"{where}: unreachable ({type(exc).__name__})",
-            endpoint_fix,
-            required=False,
-        )
+    except (NoAnswer, BotoCoreError, ClientError) as exc:
+        detail, fix = s3_problem(exc, bucket, remote)
+        return Check(name, False, f"{where}: {detail}", fix, required=False)
     return Check(name, True, f"{where}: bucket {bucket} reachable", required=False)
 
 

@@ -34,6 +34,7 @@ from defects.runtime import (
     run_entry,
 )
 from defects.settings import start_app
+from defects.tracking import TrackingLogger
 
 log = logging.getLogger("defects")
 
@@ -90,6 +91,8 @@ def register_scored(
     if not isinstance(logger, MLFlowLogger):
         raise ConfigError(f"registry.register: needs the MLflow logger, not {type(logger)}")
     client = logger.experiment  # starts the run, which gives it its id
+    if isinstance(logger, TrackingLogger):
+        client = logger.client  # a store failure while registering is an error, not skipped
     run_id = logger.run_id
     if run_id is None:
         raise RegistryError("registry: the evaluate run got no MLflow run id")

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from defects.config import ConfigError
 from defects.formats.errors import FormatError
 from defects.settings import SettingsError, export_environment
-from defects.tracking import flatten_params
+from defects.tracking import TrackingError, flatten_params
 
 T = TypeVar("T")
 
@@ -125,6 +125,7 @@ def run_entry(function: Callable[[DictConfig], T], cfg: DictConfig) -> T:
         FileNotFoundError,
         MissingMetricError,
         SettingsError,
+        TrackingError,
         TrainingError,
     ) as exc:
         raise SystemExit(f"defects: {exc}") from None

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     tracking_password: SecretStr | None = _names(
         "DEFECTS_TRACKING_PASSWORD", "MLFLOW_TRACKING_PASSWORD"
     )
+    # Stop a run when its tracking store fails, instead of training on without it.
+    tracking_strict: bool | None = _names("DEFECTS_TRACKING_STRICT")
     # Roots of the per-dataset folders (data/<dataset>, models/<dataset>) and of the outputs
     # (Hydra run folders, predictions, exports).
     data_dir: str | None = _names("DEFECTS_DATA_DIR")

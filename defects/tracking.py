@@ -1,19 +1,29 @@
-"""Experiment tracking: MLflow logger set-up, flat params, per-epoch history, artifacts."""
+"""Experiment tracking: MLflow logger set-up, flat params, per-epoch history, artifacts.
+
+Tracking is a record of training, not a part of it: when the store cannot be reached (the
+server down at the start, or gone mid-run) the logger says so once and turns itself off, and
+training goes on to write its bundle and local metrics. `logger.strict=true` (or
+DEFECTS_TRACKING_STRICT=1) makes the first failure an error instead, naming the store.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import lightning as L
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from defects.formats.io import atomic_write_text
-from defects.settings import DEFAULT_TRACKING_URI, load_settings  # noqa: F401 (re-exported)
+from defects.settings import DEFAULT_TRACKING_URI, load_settings, redact
 
 log = logging.getLogger("defects")
 
@@ -34,21 +44,151 @@ def make_mlflow_logger(
     artifact_location: str | None = "mlartifacts",
     run_name: str | None = None,
     tags: Mapping[str, Any] | None = None,
-) -> MLFlowLogger:
-    """An MLFlowLogger whose local artifacts land in a known folder, not MLflow's cwd default."""
+    strict: bool = False,
+    connect_timeout: float = 5.0,
+) -> TrackingLogger:
+    """An MLFlowLogger whose local artifacts land in a known folder, not MLflow's cwd default,
+    and which outlives its store unless `strict` (see TrackingLogger)."""
     uri = resolve_tracking_uri(tracking_uri)
     local_store = uri.startswith(("sqlite:", "file:")) or "://" not in uri
     location = (
         Path(artifact_location).resolve().as_uri() if artifact_location and local_store else None
     )
-    return MLFlowLogger(
+    return TrackingLogger(
         experiment_name=experiment_name,
         tracking_uri=uri,
         artifact_location=location,
         run_name=run_name,
         tags=dict(tags or {}),
         log_model=False,
+        strict=bool(strict),
+        connect_timeout=float(connect_timeout),
     )
+
+
+class TrackingError(RuntimeError):
+    """The tracking store failed and the run asked for strict tracking."""
+
+
+def store_faults() -> tuple[type[BaseException], ...]:
+    """What a store that is down, unreachable or refusing raises; anything else (a bug in a
+    call) is left to raise."""
+    from mlflow.exceptions import MlflowException
+
+    return (OSError, MlflowException)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The innermost system error behind `exc` (MLflow wraps requests, which wraps urllib3,
+    which wraps the socket's), e.g. "Connection refused"; else the first line of `exc`."""
+    reason, seen = "", set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TimeoutError):
+            reason = "timed out"
+        elif isinstance(current, OSError) and current.strerror:
+            reason = current.strerror
+        current = current.__cause__ or current.__context__
+    lines = str(exc).strip().splitlines()
+    return reason or (f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__)
+
+
+def unreachable(uri: str, timeout: float) -> str | None:
+    """Why a tracking server's address takes no connection within `timeout` s, or None when it
+    does (or the store is not a server): a run finds out in seconds, not after MLflow's
+    retries of every request (MLFLOW_HTTP_REQUEST_MAX_RETRIES, ~4 min by default)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        return failure_reason(exc)
+    return None
+
+
+class _Guarded:
+    """An MlflowClient whose every call goes through `guard` (which turns failures off)."""
+
+    def __init__(self, client: Any, guard: Callable[[str, Callable[[], Any]], Any]):
+        self._client, self._guard = client, guard
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._client, name)
+        if not callable(found):
+            return found
+        return lambda *args, **kwargs: self._guard(name, lambda: found(*args, **kwargs))
+
+
+class TrackingLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger that training outlives: the first call the store fails (its
+    server unreachable at the start, or gone mid-run) logs one warning naming the store and
+    turns tracking off; every later call, Lightning's and ours (`log_artifact`), is skipped.
+    With `strict`, that first failure raises TrackingError instead (at the start: before
+    training, as `log_config` starts the run). Errors that are not the store's (a bug in a
+    call) still raise."""
+
+    def __init__(self, *args: Any, strict: bool = False, connect_timeout: float = 5.0, **kw: Any):
+        super().__init__(*args, **kw)
+        self.strict = strict
+        self.connect_timeout = connect_timeout
+        self.off: str | None = None  # why tracking is off, once it is
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        """The client (calls guarded); starting the run first, unless tracking is off."""
+        if self.off is None and not self._initialized:
+            problem = unreachable(self._tracking_uri, self.connect_timeout)
+            if problem is not None:
+                self._fail("connect", problem)
+            else:
+                start = MLFlowLogger.experiment.fget  # type: ignore[attr-defined]
+                self._guard("start of the run", lambda: start(self))
+        return _Guarded(self._mlflow_client, self._guard)
+
+    @property
+    def client(self) -> Any:
+        """The MlflowClient itself, unguarded: for what must fail loudly rather than be
+        skipped (registering a model the user asked for)."""
+        return self._mlflow_client
+
+    def _guard(self, action: str, call: Callable[[], Any]) -> Any:
+        if self.off is not None:
+            return None
+        try:
+            return call()
+        except store_faults() as exc:
+            self._fail(action, failure_reason(exc))
+            return None
+
+    def _fail(self, action: str, reason: str) -> None:
+        """Turn tracking off, saying so once; raise instead when strict."""
+        if self.off is not None:
+            return
+        for secret in (
+            os.environ.get("MLFLOW_TRACKING_PASSWORD"),
+            urlsplit(self._tracking_uri).password,
+        ):
+            reason = reason.replace(secret, "***") if secret else reason
+        self.off = reason
+        store = redact(self._tracking_uri)
+        if self.strict:
+            raise TrackingError(
+                f"tracking: the MLflow store {store} failed ({action}: {reason}), and "
+                "logger.strict=true stops the run; start the store, point logger.tracking_uri "
+                "(MLFLOW_TRACKING_URI) at one, or set logger.strict=false to train without it"
+            ) from None
+        log.warning(
+            "tracking is OFF for the rest of this run: the MLflow store %s failed (%s: %s). "
+            "Training goes on; the bundle and the local metrics are still written. "
+            "logger.strict=true (DEFECTS_TRACKING_STRICT=1) stops the run instead.",
+            store,
+            action,
+            reason,
+        )
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

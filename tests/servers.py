@@ -74,6 +74,15 @@ def running_server(
 def mlflow_server(root: Path, timeout: float = 90.0) -> Iterator[str]:
     """`mlflow server` on 127.0.0.1 (sqlite store and proxied artifacts under `root`); yields
     its URL and stops it afterwards."""
+    with mlflow_server_process(root, timeout) as (url, _):
+        yield url
+
+
+@contextmanager
+def mlflow_server_process(
+    root: Path, timeout: float = 90.0
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`mlflow_server`, yielding its process too (for tests that kill it)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -84,8 +93,8 @@ def mlflow_server(root: Path, timeout: float = 90.0) -> Iterator[str]:
         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
         "--artifacts-destination", str(root / "artifacts"),
     ]  # fmt: skip
-    with running_server(command, f"{url}/health", root, timeout, env):
-        yield url
+    with running_server(command, f"{url}/health", root, timeout, env) as proc:
+        yield url, proc
 
 
 @contextmanager

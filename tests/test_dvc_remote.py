@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -47,12 +48,11 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def sandbox_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Environment for git/dvc/boto3: fake AWS creds, no analytics, every config/cache in tmp."""
+def sandbox_environment(tmp_path: Path) -> dict[str, str]:
+    """Variables for git/dvc/boto3: fake AWS creds, no analytics, every config/cache in tmp."""
     home = tmp_path / "home"
-    home.mkdir()
-    values = {
+    home.mkdir(exist_ok=True)
+    return {
         "HOME": str(home),
         "AWS_ACCESS_KEY_ID": FAKE_KEY,
         "AWS_SECRET_ACCESS_KEY": FAKE_KEY,
@@ -71,9 +71,18 @@ def sandbox_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
         "GIT_COMMITTER_NAME": "defects tests",
         "GIT_COMMITTER_EMAIL": "tests@defects.invalid",
     }
-    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+
+
+# Variables of the developer's machine that would point boto3 elsewhere.
+FOREIGN_AWS = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+@pytest.fixture
+def sandbox_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The sandbox's variables in this process's environment too (boto3 runs here)."""
+    for name in FOREIGN_AWS:
         monkeypatch.delenv(name, raising=False)
-    for name, value in values.items():
+    for name, value in sandbox_environment(tmp_path).items():
         monkeypatch.setenv(name, value)
     return dict(os.environ)
 
@@ -125,6 +134,21 @@ def committed_remote() -> tuple[str, str]:
     return parsed.netloc, parsed.path.strip("/")
 
 
+def bucket_client(endpoint: str, bucket: str) -> Any:
+    """A boto3 S3 client of `endpoint` (moto takes any keys), once `bucket` is made there."""
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=FAKE_KEY,
+        aws_secret_access_key=FAKE_KEY,
+    )
+    client.create_bucket(Bucket=bucket)
+    return client
+
+
 def test_committed_dvc_config_has_no_endpoint_or_credentials() -> None:
     config = ConfigObj(str(COMMITTED_DVC_CONFIG))
     assert config["core"]["remote"] == REMOTE
@@ -142,8 +166,6 @@ def test_committed_dvc_config_has_no_endpoint_or_credentials() -> None:
 def test_push_then_pull_restores_data(
     s3_endpoint: str, sandbox_env: dict[str, str], tmp_path: Path
 ) -> None:
-    import boto3
-
     env = sandbox_env
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -152,14 +174,7 @@ def test_push_then_pull_restores_data(
     shutil.copyfile(COMMITTED_DVC_CONFIG, repo / ".dvc" / "config")
     bucket, prefix = committed_remote()
 
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=FAKE_KEY,
-        aws_secret_access_key=FAKE_KEY,
-    )
-    s3.create_bucket(Bucket=bucket)
+    s3 = bucket_client(s3_endpoint, bucket)
     for key, value in (
         ("endpointurl", s3_endpoint),
         ("access_key_id", FAKE_KEY),

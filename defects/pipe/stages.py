@@ -243,6 +243,8 @@ def _parent_run(cfg: DictConfig, p: PipePaths) -> str | None:
 
     parent = instantiate(cfg.logger, run_name=f"{cfg.dataset}-pipeline", _convert_="all")
     run_id = parent.run_id
+    if run_id is None:  # the store failed: tracking is off (said once), training goes on
+        return None
     parent.experiment.set_tag(run_id, "pipe.work_dir", str(p.work))
     parent.experiment.set_terminated(run_id)
     _write_json(record_path, {"tracking_uri": uri, "experiment_name": experiment, "run_id": run_id})
