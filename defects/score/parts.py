@@ -1,10 +1,10 @@
 """The output of `defects score`: Parquet parts under <output>/records, each written whole.
 
 A part holds up to `part_size` rows of one write task and is named by a hash of its paths,
-so a write task that Ray retries rewrites the same part instead of adding a second one. Locally a part is written
-to a hidden temp sibling and renamed in; on S3 an object appears only when its upload
-completes. So every part that can be seen is complete, and the `path` column of the parts
-is the record of what is done: a restarted job skips those paths (resume).
+so a write task that Ray retries rewrites the same part instead of adding a second one.
+Locally a part is written to a hidden temp sibling and renamed in; on S3 an object appears
+only when its upload completes. So every part that can be seen is complete, and the `path`
+column of the parts is the record of what is done: a restarted job skips those (resume).
 """
 
 from __future__ import annotations
