@@ -274,7 +274,7 @@ def test_pool_fits_the_cores() -> None:
     assert size_pool(2).actor_cpus == 1.0  # 1 of 2 CPUs stays for reading and decoding
     assert size_pool(16, threads=2).actors == 7  # 14 CPUs to actors, 2 to reading
     two = size_pool(2, actors=2)  # asked for: both fit, each reserving what is left
-    assert two.actors == 2 and two.actor_cpus == 0.75
+    assert two.actors == 2 and two.actor_cpus == 0.5
     with pytest.raises(ValueError, match="--actors must be at least 1"):
         size_pool(2, actors=0)
 

@@ -19,8 +19,11 @@ log = logging.getLogger("defects")
 QUIET_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_agent_register_timeout_ms": "120000"}
 #: logical CPUs a listing, decoding or writing task reserves: short tasks, several per core
 TASK_CPUS = 0.25
-#: the share of the cluster's CPUs kept free of actors, for reading, decoding and writing
+#: the share of the cluster's CPUs kept free of actors, for reading, decoding and writing,
+#: and at least one whole CPU: Ray Data's repartition tasks take one, and with less left
+#: beside the actors the pipeline stalls (seen with 2 actors on 2 CPUs)
 READ_SHARE = 0.125
+MIN_FREE_CPUS = 1.0
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> float:
@@ -76,7 +79,7 @@ def size_pool(
     gpus: float = 0.0,
     cluster_gpus: float = 0.0,
 ) -> Pool:
-    """Actors x threads fill the CPUs less READ_SHARE (at least 2 tasks' worth), so reading
+    """Actors x threads fill the CPUs less READ_SHARE (at least MIN_FREE_CPUS), so reading
     and decoding always find a slot; with `gpus` per actor, as many actors as the cluster's
     GPUs hold. Given actors and threads that do not fit are reserved their share of what is
     left, with a warning: the cores are then oversubscribed."""
@@ -86,7 +89,7 @@ def size_pool(
         raise ValueError(f"--threads-per-actor must be at least 1, got {threads}")
     if gpus < 0:
         raise ValueError(f"--gpus-per-actor must not be negative, got {gpus}")
-    usable = cpus - max(2 * TASK_CPUS, READ_SHARE * cpus)
+    usable = cpus - max(MIN_FREE_CPUS, READ_SHARE * cpus)
     if usable <= 0:
         raise ValueError(f"the Ray cluster has {cpus:g} CPUs: too few to score on")
     threads = int(threads or 1)

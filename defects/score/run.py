@@ -103,16 +103,24 @@ def run_pipeline(
     from defects.score.scorer import OVERLAYS, Scorer
 
     units = listing_units(source)
-    task = {"num_cpus": cluster.TASK_CPUS}
+    # Ray's UDF type is a one-argument callable; the rest comes through fn_kwargs, which Ray
+    # stores once in its object store (the paths already done may be many).
+    listing: Any = list_unit
+    decoding: Any = read_and_decode
     dataset = (
         ray.data.from_items(units, override_num_blocks=len(units))
-        .map_batches(list_unit, batch_size=1, fn_kwargs={"source": source, "done": done}, **task)
+        .map_batches(
+            listing,
+            batch_size=1,
+            fn_kwargs={"source": source, "done": done},
+            num_cpus=cluster.TASK_CPUS,
+        )
         .repartition(target_num_rows_per_block=part_size)
         .map_batches(
-            read_and_decode,
+            decoding,
             batch_size=None,
             fn_kwargs={"source": source, "channels": package.channels},
-            **task,
+            num_cpus=cluster.TASK_CPUS,
         )
         .map_batches(
             Scorer,
@@ -131,5 +139,5 @@ def run_pipeline(
         )
     )
     sink = PartSink(out.child(RECORDS), part_size)
-    dataset.write_datasink(sink, ray_remote_args=task)
+    dataset.write_datasink(sink, ray_remote_args={"num_cpus": cluster.TASK_CPUS})
     return sink.written
