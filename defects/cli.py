@@ -175,7 +175,7 @@ def score(
     Resumes: run it again with the same output and only what is not written yet is scored.
     Local Ray on this machine's cores unless `--address` (or RAY_ADDRESS) names a cluster.
     `--actors` x `--threads-per-actor` (ONNX Runtime threads) default to the CPUs less an
-    eighth kept for reading and decoding; `--batch-size`: images per forward pass;
+    eighth (at least one) kept for reading and decoding; `--batch-size`: images per forward pass;
     `--part-size`: images per part; `--gpus-per-actor` with `--backend eager`: on GPUs.
     """
     from defects.score.run import score as run
