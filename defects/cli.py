@@ -160,7 +160,7 @@ def score(
     actors: int | None = None,
     threads_per_actor: int | None = None,
     batch_size: int = 4,
-    part_size: int = 1024,
+    part_size: int = 256,
     overlays: bool = False,
     address: str | None = None,
     backend: str = "onnx",

@@ -18,8 +18,9 @@ from defects.score.storage import Location, is_dir, location
 
 log = logging.getLogger("defects")
 
-#: images per Parquet part (and per decoding task)
-PART_SIZE = 1024
+#: images per Parquet part, per decoding task and per actor task: small enough that a flat
+#: folder spreads over the actors and the last blocks do not leave them idle
+PART_SIZE = 256
 
 
 def check_apart(source: Location, out: Location) -> None:
