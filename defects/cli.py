@@ -10,6 +10,7 @@ python -m defects preview data/weld plots/weld/data_samples.png
 python -m defects predict --model models/weld/bundle.pt --input data/weld/test/images
 python -m defects predict --model models/steel/bundle.pt --input data/steel/test/images
 python -m defects export --model models/steel/bundle.pt --format onnx
+python -m defects score --model models:/steel@production --input s3://line3/2024 --output scores
 python -m defects predict --model models/steel/onnx --input data/steel/test/images
 python -m defects serve --model models/steel/bundle.pt --port 8000 --backend onnx
 python -m defects serve --model models/weld/bundle.pt --source line3.mp4 --confidence 0.6
@@ -155,6 +156,51 @@ def predict(
 
     folder = Path(output) if output else load_settings().output_path("predictions")
     return str(predict_images(predictor, images, folder, bool(overlays)))
+
+
+def score(
+    model: str,
+    input: str,
+    output: str,
+    actors: int | None = None,
+    threads_per_actor: int | None = None,
+    batch_size: int = 4,
+    part_size: int = 256,
+    overlays: bool = False,
+    address: str | None = None,
+    backend: str = "onnx",
+    gpus_per_actor: float = 0.0,
+) -> str:
+    """Score an archive on Ray Data: every image under `--input` (a folder or s3://bucket/
+    prefix, recursively) through the model (bundle, export or models:/NAME@ALIAS), written
+    to `--output` (folder or s3://) as Parquet: records/part-*.parquet, one row per image
+    (path, width, height, record, counts, defective, model, model_version, error), and
+    summary.json, which is returned; `--overlays` adds overlays/<image path>.png.
+
+    Resumes: run it again with the same output and only what is not written yet is scored.
+    Local Ray on this machine's cores unless `--address` (or RAY_ADDRESS) names a cluster.
+    `--actors` x `--threads-per-actor` (ONNX Runtime threads) default to the CPUs less an
+    eighth (at least one) kept for reading and decoding; `--batch-size`: images per forward pass;
+    `--part-size`: images per part; `--gpus-per-actor` with `--backend eager`: on GPUs.
+    """
+    from defects.score.run import score as run
+    from defects.score.summary import format_summary
+
+    summary = run(
+        model,
+        input,
+        output,
+        actors=None if actors is None else int(actors),
+        threads_per_actor=None if threads_per_actor is None else int(threads_per_actor),
+        batch_size=int(batch_size),
+        part_size=int(part_size),
+        overlays=bool(overlays),
+        address=address,
+        backend=backend,
+        gpus_per_actor=float(gpus_per_actor),
+    )
+    print(format_summary(summary))
+    return str(summary["summary"])
 
 
 def export(model: str, format: str = "onnx", output: str | None = None) -> str:
@@ -405,6 +451,7 @@ COMMANDS = {
     "preview": preview,
     "predict": predict,
     "export": export,
+    "score": score,
     "serve": serve,
     "extract_frames": extract_frames,
     "cut_chunks": cut_chunks,
