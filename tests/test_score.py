@@ -30,6 +30,7 @@ from defects.score.parts import RECORDS, part_paths
 from defects.score.run import score
 from defects.score.storage import location
 from tests.servers import moto_server
+from tests.test_dvc_remote import bucket_client
 from tests.test_fasterrcnn_onnx import TINY, make_detector, scene
 from tests.test_predict_segmentation import (
     CLASS_NAMES,
@@ -228,23 +229,13 @@ def settle(records: Any, quiet_s: float = 2.0) -> list[str]:
 @pytest.fixture
 def s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """moto's S3 on loopback, reached through the settings DVC uses (DEFECTS_S3_*)."""
-    import boto3
-
     with moto_server(tmp_path) as endpoint:
         monkeypatch.setenv("DEFECTS_S3_ENDPOINT_URL", endpoint)
         monkeypatch.setenv("DEFECTS_S3_ACCESS_KEY_ID", KEY)
         monkeypatch.setenv("DEFECTS_S3_SECRET_ACCESS_KEY", KEY)
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
             monkeypatch.delenv(name, raising=False)
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=KEY,
-            aws_secret_access_key=KEY,
-        )
-        client.create_bucket(Bucket=BUCKET)
-        yield client
+        yield bucket_client(endpoint, BUCKET)
 
 
 def test_s3_in_and_out(ray_address: str, segmenter: Path, s3: Any, tmp_path: Path) -> None:
