@@ -102,9 +102,9 @@ def open_image(
     """
     label = _label(source, name)
     if isinstance(source, np.ndarray):
-        image = _from_array(source, label)
-        _check_pixels(image.size, label, max_pixels)
-        yield image
+        pictured = _from_array(source, label)
+        _check_pixels(pictured.size, label, max_pixels)
+        yield pictured
         return
     if isinstance(source, Image.Image):
         _check_pixels(source.size, label, max_pixels)
