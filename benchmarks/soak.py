@@ -15,12 +15,20 @@ the stream's reader loses it, backs off and reconnects as with a real camera). M
   chunk PIL skips: the body is received, buffered, parsed and read like any large upload; the
   model then costs what a strip costs): one during warm-up, then one between drops;
 - an open page's poll of /api/stats every second, and a monitor that scrapes /metrics and
-  samples the server's resident memory (psutil, its whole process tree) every few seconds.
+  samples the server's resident memory (psutil, its whole process tree) every few seconds;
+- hostile clients: a 64-megapixel PNG of 50 kB (over the 40 MP limit: 413 from its header)
+  and a strip named `../../soak-escape.png` or by an absolute path (400) in turn every few
+  seconds; a slow sender that sends its upload one byte a second for the whole run (it must
+  hold no worker: the steady uploads go on) and the rest at the end (answered 200); a
+  stalled sender that stops after 100 bytes (cut off by waitress' channel timeout, 30 s),
+  again and again. The server runs in its own folder with TMPDIR inside it; afterwards
+  nothing but its log may be there, nor where the tricky names point.
 
-It prints one table: requests served per endpoint, errors, upload latency, RSS at the end of
-warm-up, at the end and its maximum, stream fps before / during / after the drops, how long
-the stream took to come back, viewer reconnects; `--out DIR` writes soak.json (the figures
-and every sample), soak.csv (the table) and samples.csv (the time series).
+It prints one table: requests served per endpoint, errors, upload and /api/stats latency,
+the hostile clients' answers, RSS at the end of warm-up, each minute, at the end and its
+maximum, stream fps before / during / after the drops, how long the stream took to come
+back, viewer reconnects, files written; `--out DIR` writes soak.json (the figures and the
+samples), soak.csv (the table) and samples.csv (the time series).
 `run_soak` is what tests/test_serve_soak.py runs for one minute in CI.
 """
 
@@ -59,14 +67,24 @@ from bench_suite import tree_memory  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from defects.formats.io import atomic_write_text  # noqa: E402
+from defects.server import CHANNEL_TIMEOUT_S  # noqa: E402
 from tests.servers import free_port, running_server  # noqa: E402
 from tests.test_predict_segmentation import H, W, make_segmentation_bundle  # noqa: E402
 from tests.test_serve import png_bytes  # noqa: E402
+from tests.test_serve_hostile import (  # noqa: E402
+    blank_png,
+    multipart_body,
+    read_reply,
+    request_head,
+)
 from tests.test_stream import MjpegReader, MjpegSource  # noqa: E402
 
 MIB = 1024 * 1024
 BURST_UPLOADS = 16
 START_S = 600  # torch's import alone takes minutes on two cores that a training run also uses
+ESCAPE = "soak-escape.png"  # where the path tricks point: two levels up, and by absolute path
+#: what the hostile client sends in turn, and the answer each must get
+HOSTILE = (("pixels", 413), ("relative path", 400), ("absolute path", 400))
 
 
 @dataclass(frozen=True)
@@ -81,6 +99,7 @@ class Plan:
     hold_s: tuple[float, float]  # a viewer stays this long (uniform), then leaves
     upload_pause_s: float = 0.2
     sample_s: float = 3.0
+    hostile_s: float = 5.0  # between two hostile uploads
 
 
 def make_plan(minutes: float, viewers: int) -> Plan:
@@ -102,6 +121,7 @@ def make_plan(minutes: float, viewers: int) -> Plan:
         bursts=bursts,
         hold_s=(3.0, 12.0) if short else (5.0, 40.0),
         sample_s=2.0 if short else 3.0,
+        hostile_s=4.0 if short else 10.0,
     )
 
 
@@ -141,13 +161,17 @@ class Seen:
     states: list[tuple[float, str, int]] = field(default_factory=list)  # t, state, seq
     samples: list[dict[str, float]] = field(default_factory=list)
     events: list[tuple[float, str]] = field(default_factory=list)
+    stats_s: list[float] = field(default_factory=list)  # /api/stats latencies
+    hostile: list[tuple[float, str, int]] = field(default_factory=list)  # t, kind, status
+    slow: dict[str, Any] = field(default_factory=dict)  # the slow sender's bytes and answer
+    stalled_cut_s: list[float] = field(default_factory=list)  # stalled senders cut off after
 
 
 class Clients:
     """The soak's client threads against one server; `stop` ends them all."""
 
-    def __init__(self, base: str, plan: Plan, server_pid: int, upload_mb: int) -> None:
-        self.base, self.plan = base, plan
+    def __init__(self, base: str, plan: Plan, server_pid: int, upload_mb: int, root: Path) -> None:
+        self.base, self.plan, self.root = base, plan, root
         self.server = psutil.Process(server_pid)
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -161,6 +185,7 @@ class Clients:
         self.large = padded_png(
             rng.integers(0, 256, (H, W), dtype=np.uint8), upload_mb * MIB - 4096
         )
+        self.bomb = blank_png(8000, 8000)  # 64 MP in 50 kB
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -177,7 +202,8 @@ class Clients:
     def threads(self) -> list[threading.Thread]:
         jobs = [(f"soak-viewer-{k}", self.viewer, (k,)) for k in range(self.plan.viewers)]
         jobs += [("soak-uploader", self.uploader, ()), ("soak-page", self.page, ())]
-        jobs += [("soak-monitor", self.monitor, ())]
+        jobs += [("soak-monitor", self.monitor, ()), ("soak-hostile", self.hostile, ())]
+        jobs += [("soak-slow", self.slow_sender, ()), ("soak-stalled", self.stalled_senders, ())]
         return [threading.Thread(target=f, args=a, name=name) for name, f, a in jobs]
 
     def viewer(self, k: int) -> None:
@@ -210,14 +236,17 @@ class Clients:
             self.stop.wait(rng.uniform(0.0, 2.0))
             last_part = time.monotonic()  # time away is not a gap in the stream
 
-    def upload(self, data: bytes, name: str) -> tuple[float, int, str | None, Any]:
-        """(seconds, status, Retry-After, JSON or None) of one POST to /api/predict."""
+    def upload(
+        self, data: bytes, name: str, endpoint: str = "/api/predict"
+    ) -> tuple[float, int, str | None, Any]:
+        """(seconds, status, Retry-After, JSON or None) of one POST to /api/predict;
+        `endpoint` is what its status is counted under."""
         started = time.monotonic()
         r = requests.post(
             f"{self.base}/api/predict", files={"image": (name, io.BytesIO(data))}, timeout=120
         )
         seconds = time.monotonic() - started
-        self._status("/api/predict", r.status_code)
+        self._status(endpoint, r.status_code)
         body = r.json() if r.headers.get("Content-Type") == "application/json" else None
         return seconds, r.status_code, r.headers.get("Retry-After"), body
 
@@ -263,12 +292,95 @@ class Clients:
         """An open page: /api/stats once a second (the stream's state, with its time)."""
         while not self.stop.wait(1.0):
             try:
+                started = time.monotonic()
                 r = requests.get(f"{self.base}/api/stats", timeout=30)
+                self.seen.stats_s.append(time.monotonic() - started)
                 self._status("/api/stats", r.status_code)
                 stats = r.json()
                 self.seen.states.append((self.now(), stats["state"], int(stats["seq"])))
             except Exception as exc:  # noqa: BLE001 - counted
                 self._failed("page", exc)
+
+    def hostile(self) -> None:
+        """Every hostile_s, the next of HOSTILE: a pixel bomb or a strip with a tricky name."""
+        names = {
+            "pixels": "bomb.png",
+            "relative path": f"../../{ESCAPE}",
+            "absolute path": str(self.root.parent / ESCAPE),
+        }
+        n = 0
+        while not self.stop.wait(self.plan.hostile_s):
+            kind, expected = HOSTILE[n % len(HOSTILE)]
+            data = self.bomb if kind == "pixels" else self.strips[0]
+            try:
+                _, status, _, body = self.upload(data, names[kind], "/api/predict (hostile)")
+                self.seen.hostile.append((self.now(), kind, status))
+                if status != expected:
+                    self._failed("hostile", f"{kind}: status {status}, {str(body)[:200]}")
+            except Exception as exc:  # noqa: BLE001 - counted
+                self.seen.hostile.append((self.now(), kind, 0))
+                self._failed("hostile", exc)
+            n += 1
+
+    def slow_sender(self) -> None:
+        """An upload sent one byte a second until the soak ends, then the rest at once: it
+        holds a connection all along, and must be answered like any other."""
+        body = multipart_body(self.strips[1], "slow.png")
+        sent, status, name = 0, 0, None
+        try:
+            sock, head = request_head(self.base, len(body))
+            with sock:
+                sock.sendall(head)
+                while sent < len(body) - 1 and not self.stop.wait(1.0):
+                    sock.sendall(body[sent : sent + 1])
+                    sent += 1
+                trickled = sent
+                sock.sendall(body[sent:])
+                sock.settimeout(120)
+                reply = read_reply(sock)
+            head_line, _, rest = reply.partition(b"\r\n")
+            status = int(head_line.split()[1]) if head_line else 0
+            body_text = rest.partition(b"\r\n\r\n")[2]
+            name = json.loads(body_text).get("image") if status == 200 else None
+            self._status("/api/predict (slow sender)", status)
+            if status != 200 or name != "slow.png":
+                self._failed("slow sender", f"status {status}, {reply[:300]!r}")
+            self.seen.slow = {"bytes_trickled": trickled, "status": status, "image": name}
+        except Exception as exc:  # noqa: BLE001 - counted
+            self.seen.slow = {"bytes_trickled": sent, "status": status, "image": name}
+            self._failed("slow sender", exc)
+
+    def stalled_senders(self) -> None:
+        """Again and again: an upload that stops after 100 bytes; the server must close the
+        connection after its channel timeout, without an answer."""
+        body = multipart_body(self.strips[2], "stalled.png")
+        limit = CHANNEL_TIMEOUT_S + 20
+        while not self.stop.is_set():
+            try:
+                sock, head = request_head(self.base, len(body))
+                with sock:
+                    sock.sendall(head + body[:100])
+                    started = time.monotonic()
+                    sock.settimeout(1.0)
+                    reply = None
+                    while reply is None and not self.stop.is_set():
+                        if time.monotonic() - started > limit:
+                            self._failed("stalled sender", f"still open after {limit} s")
+                            break
+                        try:
+                            reply = sock.recv(65536)
+                        except TimeoutError:
+                            continue
+                        except ConnectionResetError:
+                            reply = b""
+                    if reply is None:  # the soak ended, or the server kept it too long
+                        return
+                    self.seen.stalled_cut_s.append(round(time.monotonic() - started, 1))
+                    if reply:
+                        self._failed("stalled sender", f"answered: {reply[:200]!r}")
+            except Exception as exc:  # noqa: BLE001 - counted
+                self._failed("stalled sender", exc)
+                self.stop.wait(5.0)
 
     def monitor(self) -> None:
         """Every sample_s: the server tree's memory and the stream's figures from /metrics."""
@@ -307,8 +419,11 @@ def _went_down_and_up(ups: list[float]) -> bool:
     return "10" in text and "1" in text[text.index("10") + 2 :]
 
 
-def summarize(seen: Seen, plan: Plan, metrics: dict[Any, float]) -> dict[str, Any]:
-    """The figures of the table (and of the CI test's assertions)."""
+def summarize(
+    seen: Seen, plan: Plan, metrics: dict[Any, float], written: list[str]
+) -> dict[str, Any]:
+    """The figures of the table (and of the CI test's assertions); `written`: the files the
+    server left behind (see `files_written`)."""
     # when the stream was live again after each drop: first "live" poll after plugging back
     recovered: list[float | None] = []
     for _, back in plan.drops:
@@ -343,6 +458,10 @@ def summarize(seen: Seen, plan: Plan, metrics: dict[Any, float]) -> dict[str, An
     rss = [(s["t"], s["rss_mib"]) for s in seen.samples if s.get("rss_mib")]
     warm = next((v for t, v in rss if t >= plan.warmup_s), rss[-1][1])
     end, peak = rss[-1][1], max(v for _, v in rss)
+    half = next(v for t, v in rss if t >= max(plan.warmup_s, plan.seconds / 2))
+    # the last sample before each full minute (and the end): RSS over time
+    marks = [*np.arange(60.0, plan.seconds, 60.0), plan.seconds + 1]
+    by_minute = [round(next(v for t, v in reversed(rss) if t <= m), 1) for m in marks]
     ups = [s["up"] for s in seen.samples if "up" in s]
 
     served: Counter[str] = Counter()
@@ -355,12 +474,20 @@ def summarize(seen: Seen, plan: Plan, metrics: dict[Any, float]) -> dict[str, An
                 server_errors[f"{label['status']} {label['endpoint']}"] += int(value)
     steady = [s for _, s, status in seen.uploads if status == 200]
     burst_codes = Counter(status for _, _, status, _ in seen.bursts)
+    expected = dict(HOSTILE)
+    hostile = {
+        kind: f"{sum(1 for _, k, c in seen.hostile if k == kind and c == expected[kind])}"
+        f"/{sum(1 for _, k, _ in seen.hostile if k == kind)}"
+        for kind in expected
+    }
+    ordinary = [(e, c) for (e, c) in seen.statuses if "(" not in e]
     return {
         "served": dict(sorted(served.items())),
         "server_5xx": dict(server_errors),
         "client_statuses": {f"{e} {c}": n for (e, c), n in sorted(seen.statuses.items())},
-        "client_4xx": sum(n for (_, c), n in seen.statuses.items() if 400 <= c < 500),
-        "client_5xx": sum(n for (_, c), n in seen.statuses.items() if c >= 500),
+        # the hostile clients' refusals are expected, not errors: counted apart
+        "client_4xx": sum(seen.statuses[k] for k in ordinary if 400 <= k[1] < 500),
+        "client_5xx": sum(seen.statuses[k] for k in ordinary if k[1] >= 500),
         "failures": len(seen.failures),
         "failure_examples": seen.failures[:10],
         "uploads": len(seen.uploads),
@@ -373,11 +500,21 @@ def summarize(seen: Seen, plan: Plan, metrics: dict[Any, float]) -> dict[str, An
         "burst_statuses": {str(k): v for k, v in sorted(burst_codes.items())},
         "burst_p50_s": _quantile([s for _, s, c, _ in seen.bursts if c == 200], 0.5),
         "burst_max_s": _quantile([s for _, s, c, _ in seen.bursts if c == 200], 1.0),
+        "stats_p50_s": _quantile(seen.stats_s, 0.5),
+        "stats_p99_s": _quantile(seen.stats_s, 0.99),
+        "hostile_expected_of_sent": hostile,
+        "hostile_sent": len(seen.hostile),
+        "hostile_as_expected": sum(1 for _, k, c in seen.hostile if c == expected[k]),
+        "slow_sender": seen.slow,
+        "stalled_cut_s": seen.stalled_cut_s,
+        "files_written": written,
         "rss_warm_mib": round(warm, 1),
         "rss_end_mib": round(end, 1),
         "rss_max_mib": round(peak, 1),
         "rss_growth_mib": round(end - warm, 1),
         "rss_growth_pct": round(100.0 * (end - warm) / warm, 1),
+        "rss_by_minute_mib": by_minute,
+        "rss_second_half_growth_mib": round(end - half, 1),
         "fps_before": _mean(fps["before"]),
         "fps_during": _mean(fps["during"]),
         "fps_after": _mean(fps["after"]),
@@ -413,6 +550,7 @@ def table(report: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [
         ("run", f"{c['minutes']} min, {c['viewers']} viewers, {c['started_utc']} UTC"),
         ("machine", f"{c['cpus']} CPUs, load average {join(c['load_start'], c['load_end'])}"),
+        ("server up (torch import, model load) after, s", join(c.get("server_start_s"))),
     ]
     rows += [(f"requests served: {k}", str(v)) for k, v in s["served"].items()]
     errors = sum(s["server_5xx"].values())
@@ -431,11 +569,28 @@ def table(report: dict[str, Any]) -> list[tuple[str, str]]:
             f"{s['bursts']}, {s['burst_statuses']}",
         ),
         ("burst upload latency p50 / max, s", join(s["burst_p50_s"], s["burst_max_s"])),
+        ("/api/stats latency p50 / p99, s", join(s["stats_p50_s"], s["stats_p99_s"])),
+        (
+            "hostile uploads answered as expected / sent: "
+            + ", ".join(f"{k} {c}" for k, c in HOSTILE),
+            ", ".join(s["hostile_expected_of_sent"].values()),
+        ),
+        (
+            "slow sender (1 byte/s all along): bytes trickled / status at the end",
+            join(s["slow_sender"].get("bytes_trickled"), s["slow_sender"].get("status")),
+        ),
+        (
+            f"stalled senders closed after, s (channel timeout {CHANNEL_TIMEOUT_S} s)",
+            join(*s["stalled_cut_s"]) if s["stalled_cut_s"] else "-",
+        ),
+        ("files left by the server outside its log", str(len(s["files_written"]))),
         (
             "server RSS (process tree) end of warm-up / end / max, MiB",
             join(s["rss_warm_mib"], s["rss_end_mib"], s["rss_max_mib"]),
         ),
         ("RSS growth after warm-up", f"{s['rss_growth_mib']} MiB ({s['rss_growth_pct']} %)"),
+        ("RSS growth over the second half, MiB", str(s["rss_second_half_growth_mib"])),
+        ("server RSS at the end of each minute, MiB", join(*s["rss_by_minute_mib"])),
         (
             "stream fps (published) before / during / after drops",
             join(s["fps_before"], s["fps_during"], s["fps_after"]),
@@ -465,7 +620,8 @@ def print_table(rows: list[tuple[str, str]]) -> None:
 
 def write_out(out: Path, report: dict[str, Any], rows: list[tuple[str, str]]) -> None:
     """soak.json, soak.csv and samples.csv under `out`, each written whole or not at all."""
-    atomic_write_text(out / "soak.json", json.dumps(report, indent=1, default=str) + "\n")
+    kept = {k: v for k, v in report.items() if k != "frames"}  # 100 kB of times; counted
+    atomic_write_text(out / "soak.json", json.dumps(kept, indent=1, default=str) + "\n")
     for name, header, data in (
         ("soak.csv", ["figure", "value"], rows),
         ("samples.csv", None, report["samples"]),
@@ -503,7 +659,15 @@ def run_soak(
             sys.executable, "-m", "defects", "serve", "--model", str(bundle),
             "--source", camera.url, "--port", str(port), "--max-upload-mb", str(upload_mb),
         ]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        server_tmp = root / "server-tmp"  # waitress and werkzeug spool large bodies here
+        server_tmp.mkdir(exist_ok=True)
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "OMP_NUM_THREADS": "1",
+            "TMPDIR": str(server_tmp),
+        }
+        before = _files(root, root.parent)
         conditions = {
             "minutes": minutes,
             "viewers": viewers,
@@ -515,9 +679,11 @@ def run_soak(
             "upload_mb": upload_mb,
             "plan": asdict(plan),
         }
+        started = time.monotonic()
         try:
             with running_server(command, f"{base}/health", root, START_S, env) as proc:
-                clients = Clients(base, plan, proc.pid, upload_mb)
+                conditions["server_start_s"] = round(time.monotonic() - started, 1)
+                clients = Clients(base, plan, proc.pid, upload_mb, root)
                 code = _soak(clients, plan, camera)
                 metrics = scrape(base)
                 health = requests.get(f"{base}/health", timeout=30).json()
@@ -531,9 +697,10 @@ def run_soak(
         seen = clients.seen
         conditions["load_end"] = round(os.getloadavg()[0], 2)
         log = (root / "server.log").read_text(errors="replace")
+        written = sorted(str(f) for f in _files(root, root.parent) - before)
         return {
             "conditions": conditions,
-            "summary": summarize(seen, plan, metrics),
+            "summary": summarize(seen, plan, metrics, written),
             "health": health,
             "exit_code": code,
             "server_log_tail": log[-3000:],
@@ -548,6 +715,13 @@ def run_soak(
             "uploads": seen.uploads,
             "bursts": seen.bursts,
         }
+
+
+def _files(root: Path, parent: Path) -> set[Path]:
+    """Every file under the server's folder but its log, and where the tricky names point
+    (ESCAPE two levels up from it, and next to it: its parent)."""
+    files = {f for f in root.rglob("*") if f.is_file() and f.name != "server.log"}
+    return files | {f for f in (parent / ESCAPE, root.parents[1] / ESCAPE) if f.exists()}
 
 
 def _soak(clients: Clients, plan: Plan, camera: MjpegSource) -> None:
