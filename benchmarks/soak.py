@@ -618,10 +618,22 @@ def print_table(rows: list[tuple[str, str]]) -> None:
         print(f"| {figure} | {value} |")
 
 
+def _rounded(value: Any) -> Any:
+    """`value` with every float to the millisecond (or 3 decimals), for a smaller JSON."""
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def write_out(out: Path, report: dict[str, Any], rows: list[tuple[str, str]]) -> None:
     """soak.json, soak.csv and samples.csv under `out`, each written whole or not at all."""
     kept = {k: v for k, v in report.items() if k != "frames"}  # 100 kB of times; counted
-    atomic_write_text(out / "soak.json", json.dumps(kept, indent=1, default=str) + "\n")
+    text = json.dumps(_rounded(kept), indent=1, default=str)
+    atomic_write_text(out / "soak.json", text + "\n")
     for name, header, data in (
         ("soak.csv", ["figure", "value"], rows),
         ("samples.csv", None, report["samples"]),
