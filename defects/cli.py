@@ -227,6 +227,7 @@ def serve(
     realtime: bool = True,
     threads: int = 16,
     dev: bool = False,
+    max_pixels: int = 40_000_000,
 ) -> None:
     """Serve a bundle, export or registered model (models:/NAME@ALIAS, models:/NAME/VERSION)
     as an upload page (/), /predict, /api/predict, /health and /metrics.
@@ -242,6 +243,8 @@ def serve(
     for a slot, then gets 503.
     `--dev`: Flask's development server instead (debugging only). Binds 127.0.0.1 unless
     `--host` says otherwise. Ctrl-C / SIGTERM close the stream and stop the server.
+    `--max-pixels` (default 40 MP): an upload with more pixels is refused (413) from its
+    header, before it is decoded; `--max-upload-mb` bounds its bytes.
     """
     from defects.server import viewer_limit
     from defects.stream import StreamConfig, parse_source
@@ -249,6 +252,8 @@ def serve(
     if source is not None:
         parse_source(source)  # a missing file is an error before torch and the model load
     max_viewers = None if dev or source is None else viewer_limit(int(threads))
+    if int(max_pixels) < 1:
+        raise ValueError(f"--max-pixels must be at least 1, got {max_pixels}")
     from defects.predict import load
     from defects.serve import STREAM_EXTENSION, create_app
     from defects.server import run_server
@@ -267,7 +272,11 @@ def serve(
             confidence=None if confidence is None else float(confidence),
         )
     app = create_app(
-        predictor, max_upload_mb=int(max_upload_mb), stream=stream, max_viewers=max_viewers
+        predictor,
+        max_upload_mb=int(max_upload_mb),
+        stream=stream,
+        max_viewers=max_viewers,
+        max_pixels=int(max_pixels),
     )
     live = app.extensions.get(STREAM_EXTENSION)
     run_server(

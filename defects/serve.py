@@ -17,7 +17,11 @@ and the page shows the video and its figures above the upload form (static/live.
 /api/stats; see defects/stream).
 
 Uploads come in the multipart field `image` and go through the library's one decoder, so a
-truncated or foreign file is a 400 naming the upload instead of a 500 from inside the model.
+truncated or foreign file is a 400 naming the upload instead of a 500 from inside the model;
+an image over `max_pixels` is a 413 decided from its header (defects/serve_uploads.py). At
+most `upload_slots` uploads are read, decoded and inferred at once (the others wait up to
+UPLOAD_WAIT_S, then get 503 with Retry-After): a burst of large uploads holds that many
+decoded images in memory, not one per server thread.
 Any kind is served: the page shows the result's own table and overlay, the JSON its record.
 How the app is run (waitress or Flask's development server) is defects/server.py's job.
 """
@@ -29,20 +33,18 @@ import io
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 from flask import Flask, Response, g, jsonify, render_template, request
 from PIL import Image
-from werkzeug.exceptions import BadRequest, HTTPException, NotFound, ServiceUnavailable
+from werkzeug.exceptions import HTTPException, NotFound, ServiceUnavailable
 
-from defects.data.images import decode_image
-from defects.formats.errors import FormatError
 from defects.kinds.base import Predictor
 from defects.plots import COLORS
 from defects.results import Result
 from defects.serve_metrics import CONTENT_TYPE, ServeMetrics
+from defects.serve_uploads import DEFAULT_MAX_PIXELS, TooManyPixels, read_upload
 from defects.stream import MJPEG_MIMETYPE, LiveStream, StreamConfig
 
 __all__ = ["METRICS_EXTENSION", "STREAM_EXTENSION", "create_app", "dataset_name"]
@@ -57,6 +59,11 @@ METRICS_EXTENSION = "defects_metrics"
 #: stream's keep-alive later), so a page reload or a burst of reconnects would otherwise be
 #: refused while the old connections are still being noticed
 VIEWER_WAIT_S = 3.0
+#: uploads read, decoded and inferred at once: inference is serialised anyway, so more only
+#: holds more decoded images in memory
+UPLOAD_SLOTS = 2
+#: how long an upload waits for one of the UPLOAD_SLOTS before its 503 with Retry-After
+UPLOAD_WAIT_S = 30.0
 
 #: the live figures of the page: element id (filled by static/live.js) and label
 LIVE_FIGURES = (
@@ -83,22 +90,6 @@ def _png_data_uri(rgb: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _read_upload(channels: int) -> tuple[str, np.ndarray]:
-    """(file name, uint8 array) of the `image` upload; BadRequest naming it when unusable."""
-    upload = request.files.get("image")  # raises 413 first when the body is over the limit
-    if upload is None:
-        raise BadRequest("no upload: send the image as multipart/form-data field 'image'")
-    name = PurePosixPath((upload.filename or "").replace("\\", "/")).name or "upload"
-    data = upload.read()
-    if not data:
-        raise BadRequest(f"upload '{name}' is empty (0 bytes)")
-    try:
-        array = decode_image(data, channels, name=name)
-    except FormatError as exc:
-        raise BadRequest(f"upload {exc}") from None
-    return name, array
 
 
 class _HeldSlot:
@@ -132,6 +123,8 @@ def create_app(
     task: str | None = None,
     stream: StreamConfig | None = None,
     max_viewers: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    upload_slots: int = UPLOAD_SLOTS,
 ) -> Flask:
     """The app around one loaded predictor of any kind; `task` defaults to the bundle's.
 
@@ -142,7 +135,9 @@ def create_app(
     `app.extensions[STREAM_EXTENSION].close()`. `max_viewers`: at most this many
     /video_feed responses at once; one more waits up to VIEWER_WAIT_S for a slot, then gets
     503 (a viewer holds one of waitress' threads for as long as it watches;
-    defects/server.py sizes it); None: no limit.
+    defects/server.py sizes it); None: no limit. `max_pixels`: larger images are refused
+    (413) before decoding; None: PIL's decompression-bomb limit only. `upload_slots`: uploads
+    processed at once (see UPLOAD_WAIT_S).
     """
     task = task or predictor.task
     dataset = dataset_name(predictor)
@@ -163,12 +158,27 @@ def create_app(
     if max_viewers is not None and max_viewers < 1:
         raise ValueError(f"max_viewers must be at least 1, got {max_viewers}")
     viewer_slots = threading.BoundedSemaphore(max_viewers) if max_viewers else None
+    if upload_slots < 1:
+        raise ValueError(f"upload_slots must be at least 1, got {upload_slots}")
+    uploads = threading.BoundedSemaphore(upload_slots)
 
     def run(image: np.ndarray) -> Result:
         with lock:
             result = predictor.predict(image)
         metrics.uploaded(result.counts())
         return result
+
+    def with_upload(answer: Callable[[str, np.ndarray], Any]) -> Any:
+        """`answer(name, image)` for the request's upload, holding one of the upload slots."""
+        if not uploads.acquire(timeout=UPLOAD_WAIT_S):
+            raise ServiceUnavailable(
+                f"{upload_slots} uploads are being processed and more wait: try again shortly",
+                retry_after=5,
+            )
+        try:
+            return answer(*read_upload(predictor.channels, max_pixels))
+        finally:
+            uploads.release()
 
     @app.before_request
     def started() -> None:
@@ -184,7 +194,7 @@ def create_app(
     @app.errorhandler(HTTPException)
     def error(exc: HTTPException) -> tuple[Any, int, list[tuple[str, str]]]:
         message = exc.description or exc.name
-        if exc.code == 413:
+        if exc.code == 413 and not isinstance(exc, TooManyPixels):
             message = f"upload too large: the limit is {max_upload_mb} MB"
         headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
         if request.path.startswith("/api/") or request.path == "/health":
@@ -262,12 +272,13 @@ def create_app(
 
     @app.post("/api/predict")
     def api_predict() -> Response:
-        name, image = _read_upload(predictor.channels)
-        return jsonify({"image": name, **run(image).record()})
+        return with_upload(lambda name, image: jsonify({"image": name, **run(image).record()}))
 
     @app.post("/predict")
     def predict_page() -> str:
-        name, image = _read_upload(predictor.channels)
+        return with_upload(result_page)
+
+    def result_page(name: str, image: np.ndarray) -> str:
         result = run(image)
         headers, rows = result.table()
         return render_template(

@@ -9,6 +9,16 @@ retries its video) rather than letting viewers take every thread and hang the AP
 The default, 16 threads, serves 12 viewers with 4 threads to spare; `--threads` raises it
 (each idle thread costs a few hundred kB).
 
+Hostile clients: waitress reads each request whole (headers and body, spooled to a temporary
+file above 512 kB) in its one I/O thread before a worker thread sees it, so a client that
+sends one byte a second holds a connection, never a worker. A connection on which nothing
+arrives for CHANNEL_TIMEOUT_S while no request of it runs (a sender that stalls mid-body, an
+idle keep-alive) is closed; a viewer's stream is a running request and stays. A body larger
+than twice the app's MAX_CONTENT_LENGTH is refused by waitress (413) from its Content-Length,
+before it is read; up to that the app answers its own 413. Still open to a client that keeps
+many connections trickling (waitress accepts 100 connections, then stops accepting until
+some close): on a network you do not trust, put a reverse proxy with a body timeout in front.
+
 Ctrl-C or SIGTERM stops it cleanly: the live stream is closed first (its reader and
 inference threads stop, every viewer's response ends), then the server, which waits for the
 requests in progress.
@@ -26,7 +36,14 @@ from typing import Any
 
 from flask import Flask
 
-__all__ = ["DEFAULT_THREADS", "RESERVED_THREADS", "run_server", "viewer_limit"]
+__all__ = [
+    "CHANNEL_TIMEOUT_S",
+    "DEFAULT_THREADS",
+    "RESERVED_THREADS",
+    "make_waitress",
+    "run_server",
+    "viewer_limit",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +51,10 @@ log = logging.getLogger(__name__)
 DEFAULT_THREADS = 16
 #: threads kept from /video_feed viewers for uploads, /api/stats, /health and /metrics
 RESERVED_THREADS = 4
+#: seconds a connection may stay silent with no request running before waitress closes it
+#: (waitress' default is 120): long enough for a phone's upload to ride out a stall, short
+#: enough that stalled senders do not pile up towards waitress' 100 connections
+CHANNEL_TIMEOUT_S = 30
 
 
 def viewer_limit(threads: int) -> int:
@@ -101,10 +122,18 @@ def run_server(
     log.info("stopped")
 
 
-def _run_waitress(app: Flask, host: str, port: int, threads: int) -> None:
+def make_waitress(
+    app: Flask,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    threads: int = DEFAULT_THREADS,
+    channel_timeout: int = CHANNEL_TIMEOUT_S,
+) -> Any:
+    """The waitress server `run_server` runs (not yet serving: call its `run()`)."""
     from waitress import create_server
 
-    server = create_server(
+    max_body = app.config.get("MAX_CONTENT_LENGTH")
+    return create_server(
         app,
         host=host,
         port=port,
@@ -113,8 +142,15 @@ def _run_waitress(app: Flask, host: str, port: int, threads: int) -> None:
         # keep reading a connection while its request runs, so a viewer that hangs up is
         # noticed at once (and its thread freed at the next frame), not after two writes
         channel_request_lookahead=1,
+        channel_timeout=int(channel_timeout),
+        cleanup_interval=max(1, int(channel_timeout) // 3),  # a stalled sender goes within 4/3
+        max_request_body_size=2 * int(max_body) if max_body else 1 << 30,
         ident="defects",
     )
+
+
+def _run_waitress(app: Flask, host: str, port: int, threads: int) -> None:
+    server = make_waitress(app, host, port, threads)
     server.print_listen(f"waitress ({threads} threads) serving on http://{{}}:{{}}")
     try:
         server.run()  # returns after KeyboardInterrupt, having waited for the worker threads

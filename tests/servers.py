@@ -8,12 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,3 +107,23 @@ def moto_server(root: Path, timeout: float = 30.0) -> Iterator[str]:
     command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     with running_server(command, f"{url}/moto-api/", root, timeout):
         yield url
+
+
+@contextmanager
+def waitress_serving(app: Any, **options: Any) -> Iterator[str]:
+    """`app` on the production server (defects.server.make_waitress, `options` passed on) on
+    a free 127.0.0.1 port in a thread of this process; yields its URL and stops it after."""
+    from defects.server import make_waitress
+
+    server = make_waitress(app, host="127.0.0.1", port=0, **options)
+    thread = threading.Thread(target=server.run, name="test-waitress", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        # waitress stops serving when its socket map is empty (as webtest stops it)
+        while server._map:
+            for dispatcher in list(server._map.values()):
+                dispatcher.handle_close()
+        server.task_dispatcher.shutdown()
+        thread.join(10)

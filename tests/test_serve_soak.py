@@ -1,210 +1,83 @@
-"""`defects serve` on waitress under load: 8 video viewers and uploads for 60 s on loopback.
+"""`defects serve` on waitress under load for a minute: benchmarks/soak.py's soak, shortened.
 
-The real command line in a child process (`python -m defects serve --source VIDEO`, default
-threads) with a tiny segmentation bundle (two EfficientNet-B0s, ~80 ms a frame on one CPU
-thread: the stream and the uploads compete for the model as in a factory). Eight viewers
-read /video_feed, all leaving and coming back together every 5 s (a page reload: the
-viewers' threads and slots must come back); one client uploads images to /api/predict in a
-loop; one polls /api/stats and /metrics once a second as an open page and Prometheus would.
-Afterwards: no 5xx, every upload answered, every viewer kept receiving frames, /health
-still "ok", and SIGTERM ends the server with status 0.
+The real command line in a child process with a tiny segmentation bundle (two
+EfficientNet-B0s, ~80 ms a frame on one CPU thread: the stream and the uploads compete for
+the model as in a factory) and a camera stand-in it streams over HTTP. Eight viewers come
+and go, one client uploads strips in a loop, a burst of 16 uploads near the byte limit comes
+during warm-up, and the camera is unplugged for 5 s and plugged back in; hostile clients
+send pixel bombs and path tricks, trickle an upload a byte a second and stall another.
+Afterwards: no 5xx but the designed 503s, every upload answered, every hostile one refused as
+designed, the slow one answered at the end and the stalled one cut off, nothing written,
+RSS after warm-up within a generous bound and flat over the second half, the drop seen in
+/metrics and the stream live again with new frames for the viewers, SIGTERM ends the server
+with 0.
 
-DEFECTS_SOAK_S shortens the run while developing (the issue asks for 60 s).
+DEFECTS_SOAK_MINUTES changes the length while developing (CI runs 1).
 """
 
 from __future__ import annotations
 
-import io
 import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
-from typing import Any
 
-import cv2
-import numpy as np
-import requests
-from prometheus_client.parser import text_string_to_metric_families
+from benchmarks.soak import HOSTILE, make_plan, print_table, run_soak, table
+from defects.server import CHANNEL_TIMEOUT_S
 
-from tests.servers import free_port, running_server
-from tests.test_predict_segmentation import H, W, make_segmentation_bundle
-from tests.test_serve import png_bytes
-from tests.test_stream import MjpegReader, write_square_video
-
-REPO = Path(__file__).resolve().parents[1]
-SOAK_S = float(os.environ.get("DEFECTS_SOAK_S", "60"))
+MINUTES = float(os.environ.get("DEFECTS_SOAK_MINUTES", "1"))
 VIEWERS = 8
-RECONNECT_S = 5.0  # a viewer leaves and comes back this often, all of them at once
-MAX_GAP_S = 10.0  # longest a viewer may wait for a part (the stream re-sends every 1 s)
-START_S = 300  # torch's import alone takes minutes on two cores a training run also uses
+#: RSS growth allowed after warm-up: a leak of a frame or an upload per request would pass
+#: it within seconds; glibc keeping freed arenas does not
+GROWTH_MIB = 150
+#: RSS growth allowed over the second half (no burst in it, but the camera's reconnect with
+#: its new reader: tens of MiB of allocator noise in a one-minute run, flat in a long one)
+HALF_GROWTH_MIB = 80
 
 
-class Soak:
-    """What the client threads saw; any exception they hit is kept for the test to report."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.errors: list[str] = []
-        self.statuses: list[int] = []
-        self.frames = [0] * VIEWERS
-        self.connections = [0] * VIEWERS
-        self.max_gap = [0.0] * VIEWERS
-        self.uploads: list[float] = []  # seconds per answered upload
-
-    def failed(self, who: str, exc: BaseException) -> None:
-        with self.lock:
-            self.errors.append(f"{who}: {type(exc).__name__}: {exc}")
-
-    def status(self, code: int) -> None:
-        with self.lock:
-            self.statuses.append(code)
-
-    def viewer(self, k: int) -> None:
-        try:
-            last = time.monotonic()
-            while not self.stop.is_set():
-                with requests.get(f"{self.base}/video_feed", stream=True, timeout=30) as r:
-                    self.status(r.status_code)
-                    self.connections[k] += 1
-                    reader = MjpegReader(r)
-                    connected, n = time.monotonic(), 0
-                    while not self.stop.is_set() and time.monotonic() - connected < RECONNECT_S:
-                        jpeg = reader.next_jpeg()
-                        now = time.monotonic()
-                        self.max_gap[k] = max(self.max_gap[k], now - last)
-                        last = now
-                        self.frames[k] += 1
-                        if n % 10 == 0:  # decode some: whole JPEGs, not just bytes
-                            image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-                            assert image is not None and image.shape[:2] == (120, 160)
-                        n += 1
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.failed(f"viewer {k}", exc)
-
-    def uploader(self) -> None:
-        images = [
-            png_bytes(np.random.default_rng(seed).integers(0, 256, (H, W), dtype=np.uint8))
-            for seed in range(4)
-        ]
-        try:
-            n = 0
-            while not self.stop.is_set():
-                start = time.monotonic()
-                r = requests.post(
-                    f"{self.base}/api/predict",
-                    files={"image": (f"strip{n}.png", io.BytesIO(images[n % len(images)]))},
-                    timeout=60,
-                )
-                self.status(r.status_code)
-                assert r.status_code == 200, r.text[:300]
-                body = r.json()
-                assert body["image"] == f"strip{n}.png" and body["shape"] == [H, W], body
-                self.uploads.append(time.monotonic() - start)
-                n += 1
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.failed("uploader", exc)
-
-    def poller(self) -> None:
-        try:
-            while not self.stop.wait(1.0):
-                for path in ("/api/stats", "/metrics"):
-                    r = requests.get(f"{self.base}{path}", timeout=30)
-                    self.status(r.status_code)
-                    assert r.status_code == 200, (path, r.status_code)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.failed("poller", exc)
-
-
-def scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = requests.get(f"{base}/metrics", timeout=30).text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def test_waitress_survives_8_viewers_and_uploads(tmp_path: Path) -> None:
-    bundle = make_segmentation_bundle(tmp_path / "bundle.pt")
-    video = write_square_video(tmp_path / "line.mp4")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable,
-        "-m",
-        "defects",
-        "serve",
-        "--model",
-        str(bundle),
-        "--source",
-        str(video),
-        "--port",
-        str(port),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    with running_server(command, f"{base}/health", tmp_path, timeout=START_S, env=env) as proc:
-        soak = Soak(base)
-        threads = [
-            threading.Thread(target=soak.viewer, args=(k,), name=f"soak-viewer-{k}")
-            for k in range(VIEWERS)
-        ]
-        threads += [
-            threading.Thread(target=soak.uploader, name="soak-uploader"),
-            threading.Thread(target=soak.poller, name="soak-poller"),
-        ]
-        for thread in threads:
-            thread.start()
-        time.sleep(SOAK_S)
-        soak.stop.set()
-        for thread in threads:
-            thread.join(120)
-        assert not [t.name for t in threads if t.is_alive()], "client threads hang"
-
-        health = requests.get(f"{base}/health", timeout=10).json()
-        metrics = scrape(base)
-        proc.send_signal(signal.SIGTERM)
-        try:  # the interpreter's own teardown (torch) takes a minute on a starved machine
-            code: int | None = proc.wait(timeout=180)
-        except subprocess.TimeoutExpired:
-            code = None
-    log = (tmp_path / "server.log").read_text()
-    report: dict[str, Any] = {
-        "frames": soak.frames,
-        "connections": soak.connections,
-        "max_gap_s": [round(g, 2) for g in soak.max_gap],
-        "uploads": len(soak.uploads),
-        "upload_s_p50_max": (
-            round(float(np.median(soak.uploads)), 3) if soak.uploads else None,
-            round(max(soak.uploads), 3) if soak.uploads else None,
-        ),
-    }
-    print(f"soak {SOAK_S:.0f} s: {report}")
-    assert not soak.errors, (soak.errors, report, log[-3000:])
-    assert not [s for s in soak.statuses if s >= 500], report
-    assert set(soak.statuses) == {200}, sorted(set(soak.statuses))
-    # every upload answered, steadily: at least one every 10 s of the run
-    assert len(soak.uploads) >= max(2, SOAK_S / 10), report
-    # every viewer kept receiving frames, and came back after each time it left
-    assert min(soak.frames) >= SOAK_S / 4, report
-    assert max(soak.max_gap) < MAX_GAP_S, report
-    assert min(soak.connections) >= min(2, int(SOAK_S // RECONNECT_S)), report
-    assert health["status"] == "ok" and health["stream"]["state"] == "live", health
-    assert health["task"] == "steel" and health["dataset"] == "steel"
-    served = {
-        labels: value
-        for (name, labels), value in metrics.items()
-        if name == "defects_http_requests_total"
-    }
-    assert not [k for k, v in served.items() if dict(k)["status"].startswith("5") and v], served
-    predicted = (("endpoint", "/api/predict"), ("method", "POST"), ("status", "200"))
-    assert served[predicted] == len(soak.uploads)
-    assert metrics[("defects_stream_viewer_connections_total", ())] == sum(soak.connections)
-    published = metrics[("defects_stream_frames_total", (("outcome", "published"),))]
-    assert published >= SOAK_S / 4, published  # new frames, not the keep-alive's repeats
-    assert code == 0, f"exit status {code} after SIGTERM:\n{log[-3000:]}"
+def test_soak_viewers_uploads_and_a_lost_camera(tmp_path: Path) -> None:
+    report = run_soak(MINUTES, VIEWERS, workdir=tmp_path, upload_mb=8)
+    print_table(table(report))
+    s = report["summary"]
+    plan = make_plan(MINUTES, VIEWERS)
+    log = report["server_log_tail"]
+    assert not report["failures"], (report["failures"], log)
+    # no 5xx but load shed with Retry-After by a burst upload that waited 30 s for a slot
+    shed = s["burst_statuses"].get("503", 0)
+    assert s["server_5xx"] == ({"503 /api/predict": shed} if shed else {}), s
+    assert s["client_5xx"] == shed, s["client_statuses"]
+    assert s["client_4xx"] == 0, s["client_statuses"]
+    # every upload answered with its own name, steadily: one every 10 s at least
+    assert s["uploads_ok"] == s["uploads"] >= MINUTES * 6, s
+    assert s["burst_uploads"] == 16 * len(plan.bursts)
+    assert set(s["burst_statuses"]) <= {"200", "503"} and "0" not in s["burst_statuses"], s
+    served = s["served"]["POST /api/predict"]
+    assert served == s["uploads"] + s["burst_uploads"] + s["hostile_sent"] + 1, s["served"]
+    # hostile clients: each refused as designed, the slow sender held no worker (the steady
+    # uploads above went on) and was answered, the stalled one cut off, nothing written
+    assert s["hostile_sent"] >= len(HOSTILE) and s["hostile_as_expected"] == s["hostile_sent"]
+    statuses = report["statuses"]
+    assert statuses.get("/api/predict (hostile) 413") and statuses.get(
+        "/api/predict (hostile) 400"
+    ), statuses
+    slow = s["slow_sender"]
+    assert slow["status"] == 200 and slow["image"] == "slow.png", slow
+    assert slow["bytes_trickled"] >= 0.6 * MINUTES * 60, slow
+    assert s["stalled_cut_s"] and all(
+        CHANNEL_TIMEOUT_S - 1 < t < CHANNEL_TIMEOUT_S + 15 for t in s["stalled_cut_s"]
+    ), s["stalled_cut_s"]
+    assert s["files_written"] == [], s["files_written"]
+    # memory: bounded after warm-up (the burst's buffers are in the warm-up), flat at the end
+    assert s["rss_growth_mib"] < GROWTH_MIB, s
+    assert s["rss_second_half_growth_mib"] < HALF_GROWTH_MIB, report["samples"]
+    # the camera: lost (seen in /metrics: defects_stream_up 0, a loss counted), back live
+    assert s["drops_seen_down_in_metrics"] and s["up_at_end"] == 1.0, report["samples"]
+    assert s["source_losses"] == len(plan.drops), s
+    assert all(r is not None and r < 15 for r in s["recovery_s"]), s["recovery_s"]
+    assert s["fps_after"] and s["fps_after"] > 0.5 * s["fps_before"], s
+    # the viewers: each saw new frames after the camera came back, and came back itself
+    back = plan.drops[-1][1]
+    assert all(any(t > back + 5 for t in times) for times in report["frames"]), s
+    assert min(report["connections"]) >= 2 and s["viewer_max_gap_s"] < 10, s
+    assert s["viewer_connections_server"] == s["viewer_connections"], s
+    assert report["health"]["status"] == "ok" and report["health"]["stream"]["state"] == "live"
+    assert report["exit_code"] == 0, log
     assert "SIGTERM: stopping" in log and "stopped" in log.splitlines()[-1], log[-2000:]

@@ -22,6 +22,7 @@ from defects.formats.layout import IMAGE_SUFFIXES, is_image_file
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageSource",
+    "ImageTooLarge",
     "open_image",
     "decode_image",
     "read_image",
@@ -32,6 +33,21 @@ __all__ = [
 ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
 _MODES = {1: "L", 3: "RGB"}
+
+
+class ImageTooLarge(FormatError):
+    """An image with more pixels than allowed, refused from its header before it is decoded
+    (a 20000x20000 PNG of one colour is a few hundred KB on the wire and 400 MB decoded)."""
+
+
+def _check_pixels(size: tuple[int, int], label: str, max_pixels: int | None) -> None:
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(
+            label,
+            f"{width}x{height} is {width * height / 1e6:.1f} megapixels, over the limit of "
+            f"{max_pixels / 1e6:g} megapixels",
+        )
 
 
 def _label(source: object, name: str | None) -> str:
@@ -49,7 +65,7 @@ def _label(source: object, name: str | None) -> str:
 
 def _decode_failure(label: str, exc: BaseException) -> FormatError:
     if isinstance(exc, Image.DecompressionBombError):
-        return FormatError(label, f"refused as a possible decompression bomb ({exc})")
+        return ImageTooLarge(label, f"refused as a possible decompression bomb ({exc})")
     if isinstance(exc, UnidentifiedImageError):  # its text repeats the path or a BytesIO repr
         return FormatError(label, "cannot decode image (not a recognised image format)")
     return FormatError(label, f"cannot decode image ({exc})")
@@ -70,7 +86,9 @@ def _from_array(array: np.ndarray, label: str) -> Image.Image:
 
 
 @contextmanager
-def open_image(source: ImageSource, name: str | None = None) -> Iterator[Image.Image]:
+def open_image(
+    source: ImageSource, name: str | None = None, max_pixels: int | None = None
+) -> Iterator[Image.Image]:
     """The fully decoded PIL image of `source`, in its own mode (no conversion).
 
     Use this where the stored values matter (index masks, 16-bit data); `decode_image` for
@@ -79,12 +97,17 @@ def open_image(source: ImageSource, name: str | None = None) -> Iterator[Image.I
     (PIL's `DecompressionBombError`; the lesser `DecompressionBombWarning` stays a warning)
     raise `FormatError` naming the file: the path, else `name`, else "upload" for bytes.
     An image opened here is closed on exit; a PIL image passed in is left open.
+    `max_pixels`: an image with more pixels raises `ImageTooLarge` (a FormatError), read from
+    the file's header before anything is decoded.
     """
     label = _label(source, name)
     if isinstance(source, np.ndarray):
-        yield _from_array(source, label)
+        pictured = _from_array(source, label)
+        _check_pixels(pictured.size, label, max_pixels)
+        yield pictured
         return
     if isinstance(source, Image.Image):
+        _check_pixels(source.size, label, max_pixels)
         try:
             source.load()  # a lazily opened image may still be undecoded
         except MemoryError:
@@ -113,9 +136,14 @@ def open_image(source: ImageSource, name: str | None = None) -> Iterator[Image.I
         raise FormatError(label, "empty file (0 bytes)" if fp is source else "empty (0 bytes)")
     image: Image.Image | None = None
     try:
-        image = Image.open(fp)
+        image = Image.open(fp)  # reads the header only: size and mode, no pixels yet
+        _check_pixels(image.size, label, max_pixels)
         image.load()
     except MemoryError:
+        raise
+    except ImageTooLarge:
+        if image is not None:
+            image.close()
         raise
     except Exception as exc:
         # PIL's plugins raise many types for malformed data (UnidentifiedImageError/OSError,
@@ -130,7 +158,9 @@ def open_image(source: ImageSource, name: str | None = None) -> Iterator[Image.I
         image.close()
 
 
-def decode_image(source: ImageSource, channels: int = 1, name: str | None = None) -> np.ndarray:
+def decode_image(
+    source: ImageSource, channels: int = 1, name: str | None = None, max_pixels: int | None = None
+) -> np.ndarray:
     """Decode `source` as uint8 HxW (channels=1) or HxWx3 (channels=3), always a fresh copy.
 
     `source` is a file path, the encoded bytes of a file, a PIL image or a uint8 numpy array
@@ -138,10 +168,11 @@ def decode_image(source: ImageSource, channels: int = 1, name: str | None = None
     `convert("RGB")`), so the same picture gives the same pixels in any form. The result is
     C-contiguous and writable (torch refuses read-only arrays). Failures raise `FormatError`
     naming the file (see `open_image`); a non-uint8 or oddly shaped array is one too.
+    `max_pixels`: see `open_image`.
     """
     if channels not in _MODES:
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    with open_image(source, name) as image:
+    with open_image(source, name, max_pixels) as image:
         label = _label(source, name)
         try:
             converted = image.convert(_MODES[channels])
