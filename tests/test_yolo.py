@@ -1,6 +1,6 @@
 """The YOLO kind: adapter contract, recipe pieces, NMS, learning, export parity, no side effects.
 
-Needs the `yolo` extra (CI installs `.[dev,yolo]`); without it the module is skipped.
+Needs the `yolo` extra (CI installs `.[dev,dvc,score,docs,yolo]`); without it the module is skipped.
 """
 
 from __future__ import annotations
