@@ -5,6 +5,7 @@ that would fetch from the network (web fonts)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,14 @@ def test_a_broken_link_fails_the_strict_build(tmp_path: Path) -> None:
     (docs / "index.md").write_text("# Home\n\nNo links.\n")
     fixed = build(tmp_path / "mkdocs.yml", tmp_path / "site_fixed")
     assert fixed.returncode == 0, fixed.stderr[-2000:]
+
+
+def test_the_front_page_links_resolve() -> None:
+    """README.md is not part of the site, so the strict build does not check its links: every
+    relative link on it names a file of the repository (an anchor after it is not checked)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)\s]+)\)", readme)
+    local = [t.split("#", 1)[0] for t in targets if not re.match(r"[a-z]+:", t)]
+    assert len(local) >= 10, "the front page's links into the docs were not found"
+    missing = [t for t in local if t and not (ROOT / t).exists()]
+    assert not missing, f"README.md links to files that do not exist: {missing}"
