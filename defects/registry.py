@@ -62,6 +62,7 @@ class ModelRef:
 
 
 def is_registry_uri(value: Any) -> bool:
+    """Whether `value` names a registered model (`models:/...`) rather than a path."""
     return isinstance(value, (str, os.PathLike)) and str(value).startswith(SCHEME)
 
 

@@ -69,13 +69,16 @@ class Detections:
         )
 
     def counts(self) -> dict[str, int]:
+        """Boxes per class name; classes without a box left out."""
         return dict(Counter(self.labels))
 
     def as_boxes(self) -> Detections:
+        """The detections themselves (they are boxes already)."""
         return self
 
     @classmethod
     def empty(cls, class_names: list[str]) -> Detections:
+        """No detection: what an image without findings gives."""
         return cls(
             np.zeros((0, 4), np.float32), [], np.zeros(0, np.int64), np.zeros(0), class_names
         )
@@ -96,9 +99,11 @@ class Detections:
         ]
 
     def record(self) -> dict[str, Any]:
+        """`{"detections": rows()}`: what `defects predict` writes per image."""
         return {"detections": self.rows()}
 
     def table(self) -> tuple[list[str], list[tuple[int, list[Any]]]]:
+        """Class, score and box per detection, rounded for people (the web page's table)."""
         rows = [
             (int(r["class_id"]), [r["label"], f"{r['score']:.3f}", [round(v, 1) for v in r["box"]]])
             for r in self.rows()
@@ -106,9 +111,11 @@ class Detections:
         return ["class", "score", "box (x1, y1, x2, y2)"], rows
 
     def headline(self) -> str:
+        """How many boxes, in words."""
         return f"{len(self)} detection(s)."
 
     def overlay(self, image: np.ndarray) -> np.ndarray:
+        """RGB copy of `image` with each box, its class name and score drawn."""
         from defects.plots import draw_boxes_rgb
 
         class_ids, scores = self.class_ids.tolist(), self.scores.tolist()
@@ -126,9 +133,11 @@ class SegmentationResult:
 
     @property
     def present(self) -> list[str]:
+        """The class names whose mask has at least one pixel."""
         return [name for name, mask in zip(self.class_names, self.masks, strict=True) if mask.any()]
 
     def areas(self) -> dict[str, int]:
+        """Mask pixels per class name, every class listed."""
         return {n: int(m.sum()) for n, m in zip(self.class_names, self.masks, strict=True)}
 
     def above(self, threshold: float) -> SegmentationResult:
@@ -138,6 +147,7 @@ class SegmentationResult:
         return replace(self, masks=masks, gate_threshold=threshold)
 
     def counts(self) -> dict[str, int]:
+        """1 per class whose mask shows something (a mask is one finding)."""
         return {name: 1 for name in self.present}
 
     def as_boxes(self) -> Detections:
@@ -186,10 +196,12 @@ class SegmentationResult:
         }
 
     def table(self) -> tuple[list[str], list[tuple[int, list[Any]]]]:
+        """Class and area in pixels, every class (the web page's table)."""
         rows = [(k, [cls, area]) for k, (cls, area) in enumerate(self.areas().items())]
         return ["class", "area (pixels)"], rows
 
     def headline(self) -> str:
+        """The gate's probability and threshold, and the classes found."""
         verdict = ", ".join(self.present) or "no defect"
         return (
             f"Gate probability {self.gate:.3f} (threshold {self.gate_threshold:.2f}). "
@@ -197,6 +209,7 @@ class SegmentationResult:
         )
 
     def overlay(self, image: np.ndarray) -> np.ndarray:
+        """RGB copy of `image` with each class's mask tinted in its colour."""
         from defects.plots import overlay_masks
 
         return overlay_masks(image, self.masks)

@@ -106,9 +106,11 @@ class Predictor(ABC, Generic[R_co]):
 
     @property
     def task(self) -> str:
+        """The task the bundle was trained for (weld, steel, ...); the kind's name if unrecorded."""
         return str(self.meta.get("task", self.kind))
 
     def required_thresholds(self) -> tuple[str, ...]:
+        """The threshold names a bundle must hold for this predictor; checked at load."""
         return (self.main_threshold,)
 
     def set_threshold(self, value: float) -> None:
@@ -124,6 +126,7 @@ class Predictor(ABC, Generic[R_co]):
         """Results for each image, at its original resolution."""
 
     def predict(self, image: Any) -> R_co:
+        """The result for one image (a path, bytes, PIL image or uint8 array)."""
         return self.predict_batch([image])[0]
 
     @overload
@@ -188,6 +191,7 @@ class PredictionWriter(Generic[R]):
             (out_dir / "overlays").mkdir(exist_ok=True)
 
     def add(self, path: Path, image: np.ndarray, result: R) -> None:
+        """Record the result of the image at `path`; write its overlay when asked."""
         self.records[path.name] = result.record()
         if self.overlays:
             from PIL import Image
@@ -196,6 +200,7 @@ class PredictionWriter(Generic[R]):
             atomic_write_with(self.out_dir / "overlays" / f"{path.stem}.png", picture.save)
 
     def close(self) -> Path:
+        """Write the report of every result added (whole or not at all); return its path."""
         report = self.out_dir / self.report_name
         atomic_write_text(report, json.dumps(self.records, indent=1))
         return report
@@ -255,6 +260,7 @@ class ModelKind(ABC):
         """The nn.Module a bundle's `model.kwargs` describe (weights not loaded)."""
 
     def network(self, bundle: dict[str, Any]) -> Any:
+        """The bundle's network with its weights loaded, in eval mode."""
         net = self.build_network(dict(bundle["model"]["kwargs"]))
         net.load_state_dict(bundle["state_dict"])
         return net.eval()
@@ -287,6 +293,7 @@ class ModelKind(ABC):
         return self.evaluation.write_report(report, class_names, metrics_json, plots_dir)
 
     def writer(self, predictor: Predictor, out_dir: Path, overlays: bool) -> PredictionWriter:
+        """What `defects predict` writes results with (`writer_class`)."""
         return self.writer_class(predictor, out_dir, overlays)
 
 
