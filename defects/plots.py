@@ -136,12 +136,21 @@ def plot_class_bars(
     bar = 0.8 / n
     fig = Figure(figsize=(7.0, 1.3 + 0.35 * n * len(class_names)), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
-    palette = ("#0a84ff", "#ff9f0a", "#34c759", "#bf5af2")
+    palette = (
+        "#0a84ff",
+        "#ff9f0a",
+        "#34c759",
+        "#bf5af2",
+        "#ff3b30",
+        "#64d2ff",
+        "#ffcc00",
+        "#8e8e93",
+    )
     for s, (name, values) in enumerate(series.items()):
         offset = (s - (n - 1) / 2) * bar
         present = [(k, float(values[c])) for k, c in enumerate(class_names) if c in values]
         ys = [k + offset for k, _ in present]
-        ax.barh(ys, [v for _, v in present], height=0.9 * bar, color=palette[s % 4], label=name)
+        ax.barh(ys, [v for _, v in present], height=0.9 * bar, color=palette[s % 8], label=name)
         for y, (_, value) in zip(ys, present, strict=True):
             ax.text(value + 0.01, y, f"{value:.3f}", va="center", fontsize=8)
         for k, c in enumerate(class_names):
