@@ -208,12 +208,11 @@ def plot_strip_examples(report: Report, class_names: list[str], out: Path) -> Pa
         gap = np.full((max(image.shape[0] // 12, 2), *overlay_masks(image, truth).shape[1:]), 255)
         stacked = np.concatenate([overlay_masks(image, truth), gap, overlay_masks(image, pred)])
         ax.imshow(stacked.astype(np.uint8), interpolation="nearest")
-        height = image.shape[0]
-        labels = []
-        for name, masks in (("truth", truth), ("found", pred)):
+        for name, masks, top in (("truth", truth, 0), ("found", pred, image.shape[0] + len(gap))):
             shown = [class_names[c] for c in range(len(class_names)) if masks[c].any()]
-            labels.append(f"{name}:\n{', '.join(shown) or 'nothing'}")
-        ax.set_yticks([height / 2, height + len(gap) + height / 2], labels, fontsize=8)
+            box = {"facecolor": "black", "alpha": 0.6, "pad": 1.5, "edgecolor": "none"}
+            label = f"{name}: {', '.join(shown) or 'nothing'}"
+            ax.text(2, top + 2, label, va="top", fontsize=8, color="white", bbox=box)
 
     first = next(iter(pictures.values()), None)
     height, width = first[0].shape[:2] if first else (1, 4)
