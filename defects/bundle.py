@@ -48,10 +48,12 @@ def save_bundle(
     metrics: dict[str, float] | None = None,
     name: str | None = None,
     output: dict[str, Any] | None = None,
+    tuning: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write a bundle atomically. `model` = {"kind": registered kind, "kwargs": plain values};
     `name` is the run/dataset name (e.g. neu_det for the weld task on NEU-DET); `output`,
-    optional, how a kind post-processes its outputs (gated: ``exclusive``)."""
+    optional, how a kind post-processes its outputs (gated: ``exclusive``); `tuning`,
+    optional, the curves the thresholds were chosen from (`ModelKind.tune_with_curves`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     bundle = {
@@ -65,6 +67,7 @@ def save_bundle(
         "input": dict(input),
         "metrics": dict(metrics or {}),
         **({"output": dict(output)} if output else {}),
+        **({"tuning": list(tuning)} if tuning else {}),
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
     }
     check_plain({k: v for k, v in bundle.items() if k != "state_dict"})

@@ -46,8 +46,7 @@ def checkpoint_predictor(path: Path, cfg: DictConfig, datamodule: Any) -> Predic
     kind = kind_of(module)
     bundle = kind.bundle(module, cfg)
     bundle.update(task=cfg.task_name, name=cfg.dataset)
-    bundle["thresholds"] = kind.tune(bundle, datamodule, make_search(cfg))
-    return kind.predictor(bundle)
+    return kind.predictor(kind.tuned_bundle(bundle, datamodule, make_search(cfg)))
 
 
 def registry_request(cfg: DictConfig, path: Path) -> DictConfig | None:

@@ -1,4 +1,5 @@
-"""Report files every kind writes: a metrics JSON for `dvc metrics`, PR curves for `dvc plots`."""
+"""Report files every kind writes: a metrics JSON for `dvc metrics`, PR curves for `dvc plots`,
+per-class bars."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from defects.formats.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from defects.kinds.base import Report
 
 
 def write_metrics_json(
@@ -74,3 +78,44 @@ def write_confusion_matrix(
         normalize_columns(matrix), matrix, names, plots_dir / f"{prefix}_confusion_matrix.png"
     )
     return [csv_path, png]
+
+
+def write_class_bars(
+    report: Report,
+    groups: Mapping[str, str],
+    class_names: Sequence[str],
+    plots_dir: Path,
+    title: str,
+) -> Path:
+    """`<prefix>_per_class.png`: bars of the report's `{prefix}/{group}/{class}` metrics, one
+    series per entry of `groups` (legend label -> metric group, e.g. {"AP50": "AP50"})."""
+    from defects.plots import plot_class_bars
+
+    series = {}
+    for label, group in groups.items():
+        head = f"{report.prefix}/{group}/"
+        series[label] = {k[len(head) :]: v for k, v in report.metrics.items() if k.startswith(head)}
+    out = plots_dir / f"{report.prefix}_per_class.png"
+    return plot_class_bars(series, class_names, out, f"{report.prefix}: {title}")
+
+
+def threshold_curve(
+    parameter: str,
+    group: str,
+    objective: str,
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    chosen: float,
+) -> dict[str, Any]:
+    """One threshold a tuning searched, as plain values a bundle stores and
+    `defects.plots.plot_threshold_curves` draws: the `series` against the searched values
+    `x`, the one maximised named by `objective`, the value taken `chosen`; rounded to 6
+    places. `group`: the class it is for, "" for all."""
+    return {
+        "parameter": parameter,
+        "group": group,
+        "objective": objective,
+        "x": [round(float(v), 6) for v in x],
+        "series": {name: [round(float(v), 6) for v in values] for name, values in series.items()},
+        "chosen": round(float(chosen), 6),
+    }

@@ -88,8 +88,7 @@ def finish(
 ) -> tuple[dict[str, float], list[Path], Path]:
     """Tune thresholds, score validation through the kind's predictor, write the bundle."""
     paths = cfg.paths
-    bundle = kind.bundle(module, cfg)
-    bundle["thresholds"] = kind.tune(bundle, datamodule, make_search(cfg))
+    bundle = kind.tuned_bundle(kind.bundle(module, cfg), datamodule, make_search(cfg))
     report = kind.evaluate(kind.predictor(bundle), datamodule, "valid")
     outputs = kind.write_report(
         report, bundle["class_names"], Path(paths.metrics_dir) / "train.json", Path(paths.plots_dir)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 for _name, _value in (
@@ -154,3 +155,18 @@ def report_metrics(
         else:
             flat[f"{prefix}/{key}"] = value
     return flat
+
+
+def assert_png(path: Path, min_width: int = 300, min_height: int = 200, ink: float = 0.03) -> None:
+    """A PNG that opens, has room to show something and shows it: not one flat colour, and
+    more than a title on white (a share `ink` of its pixels at least drawn)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG", path
+        assert min_width <= image.width <= 6000 and min_height <= image.height <= 8000, path
+        grey = np.asarray(image.convert("L"), dtype=np.float32)
+    assert grey.std() > 5.0, (path, grey.std())
+    assert (grey < 245).mean() > ink, (path, (grey < 245).mean())

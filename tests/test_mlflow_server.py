@@ -134,6 +134,8 @@ def test_train_logs_run_to_tracking_server(
     assert "metrics/train.json" in files
     pngs = [p for p in files if p.startswith("plots/") and p.endswith(".png")]
     assert pngs and all(files[p] > 0 for p in pngs)
+    figures = ("predictions", "per_class", "thresholds", "confusion_matrix", "pr_curve")
+    assert {f"plots/val_{figure}.png" for figure in figures} <= set(pngs)
     assert list(artifacts_dir.rglob("bundle.pt")), "artifacts should land in the server's store"
 
     local = Path(client.download_artifacts(run_id, "metrics/history.json", str(tmp_path / "dl")))

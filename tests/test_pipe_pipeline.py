@@ -25,7 +25,7 @@ from defects.pipe.layout import read_fine
 from defects.pipe.refine import crop_image, crop_window
 from defects.pipe.stages import STAGES, PipePaths, run_stage
 from defects.runtime import run_entry
-from tests.conftest import TINY_SEGMENTER, compose_config, torch_threads
+from tests.conftest import TINY_SEGMENTER, assert_png, compose_config, torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PIPE = dict(
@@ -203,6 +203,8 @@ def test_every_model_is_a_whole_bundle(pipeline: dict) -> None:
         assert bundle["class_names"] == names and bundle["input"]["channels"] == 3
         assert bundle["output"] == {"exclusive": True}  # one class per pixel
         assert (p.metrics_dir / "segmenters" / model / "train.json").is_file()
+        for figure in ("predictions", "per_class", "thresholds"):  # the folder dvc plots shows
+            assert_png(p.plots_dir / "segmenters" / model / f"val_{figure}.png", 250)
     assert set(pipeline["results"]["final"]) == set(MODELS)
 
 
@@ -308,6 +310,7 @@ def test_evaluate_reports_every_row_from_the_written_masks(pipeline: dict) -> No
         assert f"| model: {row} |" in table
     final = report["models"]["final"]["mean"]
     assert final is None or f"{final:.3f}" in table
+    assert_png(p.plots_dir / "test_iou_per_class.png")  # every row of the table, as bars
 
 
 def test_every_model_is_a_child_of_one_parent_run(pipeline: dict) -> None:
@@ -330,6 +333,8 @@ def test_every_model_is_a_child_of_one_parent_run(pipeline: dict) -> None:
     for child in children.values():
         assert any(k.startswith("best/") for k in child.data.metrics), child.data.tags["pipe.model"]
     assert any(k.startswith("test_iou/models/final/") for k in parent.data.metrics)
+    figures = [a.path for a in client.list_artifacts(parent.info.run_id, "plots")]
+    assert figures == ["plots/test_iou_per_class.png"]
 
 
 def test_stages_rerun_to_the_same_result(pipeline: dict) -> None:

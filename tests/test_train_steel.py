@@ -20,7 +20,7 @@ from defects.formats.severstal import read_severstal_csv, rle_decode
 from defects.kinds.gated.net import ARCHS
 from defects.kinds.gated.predictor import SegmentationPredictor
 from defects.train import train
-from tests.conftest import compose_config, report_metrics, steel_overrides
+from tests.conftest import assert_png, compose_config, report_metrics, steel_overrides
 
 CLASSES = ["pits", "inclusion", "scratches", "patches"]
 # train.json's per-class groups -> metric groups
@@ -156,8 +156,20 @@ def test_train_tunes_thresholds_into_bundle(trained: dict) -> None:
     # train.json is the validation report stored in the bundle, every key, rounded as written.
     written = report_metrics(out / "metrics_dir" / "train.json", "val", NEST, ["thresholds"])
     assert written == {k: round(v, 6) for k, v in bundle["metrics"].items()}
-    for name in ("val_predictions.png", "val_pr_curve.csv", "val_pr_curve.png"):
-        assert (out / "plots_dir" / name).stat().st_size > 0
+    assert (out / "plots_dir" / "val_pr_curve.csv").stat().st_size > 0
+    for figure in ("pr_curve", "predictions", "per_class", "thresholds"):
+        assert_png(out / "plots_dir" / f"val_{figure}.png", 250)
+    # what the search chose from: the gate, then per class the pixel threshold and min area
+    tuning = bundle["tuning"]
+    assert [c["parameter"] for c in tuning[:3]] == [
+        "gate threshold",
+        "pixel threshold",
+        "min area (px)",
+    ]
+    assert [c["group"] for c in tuning[1::2]] == CLASSES and len(tuning) == 1 + 2 * len(CLASSES)
+    assert tuning[0]["chosen"] == pytest.approx(thresholds["gate"], abs=1e-6)
+    assert [c["chosen"] for c in tuning[1::2]] == pytest.approx(thresholds["pixel"])
+    assert [c["chosen"] for c in tuning[2::2]] == thresholds["min_area"]
     history = json.loads((out / "metrics_dir" / "history.json").read_text())
     assert [r["epoch"] for r in history] == [0, 1] and "val/dice" in history[-1]
     assert 0 < history[0]["elapsed_s"] <= history[1]["elapsed_s"]  # wall time per epoch
@@ -172,6 +184,8 @@ def test_evaluate_bundle_and_checkpoint_agree(trained: dict, steel_root: Path) -
         compose_config([*trained["base"], f"ckpt_path={out / 'model_dir' / 'bundle.pt'}"])
     )
     assert {"test/dice", "test/dice_defective", "test/gate_f1"} <= set(metrics)
+    for figure in ("pr_curve", "predictions", "per_class", "thresholds"):
+        assert_png(out / "plots_dir" / f"test_{figure}.png", 250)
     report = json.loads((out / "metrics_dir" / "eval.json").read_text())
     assert report["dice"] == pytest.approx(metrics["test/dice"], abs=1e-6)
     assert report["thresholds"] == load_bundle(out / "model_dir" / "bundle.pt")["thresholds"]

@@ -16,7 +16,7 @@ from defects.bundle import load_bundle
 from defects.data.detection import DetectionDataModule
 from defects.evaluate import evaluate
 from defects.train import train
-from tests.conftest import compose_config, report_metrics, weld_overrides
+from tests.conftest import assert_png, compose_config, report_metrics, weld_overrides
 
 CLASSES = ["porosity", "crack", "lack_of_fusion", "slag_inclusion"]
 # train.json / eval.json group per-class numbers under these keys (JSON key -> metric group).
@@ -86,8 +86,9 @@ def test_training_writes_bundle_history_and_plots(trained: dict) -> None:
     assert {"val/mAP", "val/mAP50", "val/mAP50-95"} <= set(trained["metrics"])
     assert [r["epoch"] for r in trained["history_before"]] == [0, 1]
     assert all("val/mAP50" in r and "train/loss" in r for r in trained["history_before"])
-    for name in ("val_pr_curve.csv", "val_pr_curve.png", "val_predictions.png"):
-        assert (out / "plots_dir" / name).stat().st_size > 0
+    assert (out / "plots_dir" / "val_pr_curve.csv").stat().st_size > 0
+    for figure in ("pr_curve", "predictions", "per_class", "thresholds", "confusion_matrix"):
+        assert_png(out / "plots_dir" / f"val_{figure}.png", 250)
     assert (out / "model_dir" / "checkpoints" / "last.ckpt").exists()
 
 
@@ -126,8 +127,12 @@ def test_bundle_predictor_matches_the_model(trained: dict, weld_root: Path) -> N
     bundle = load_bundle(bundle_path)
     from defects.kinds.detection.evaluate import SCORE_GRID
 
-    # The score threshold is tuned on validation F1, from the grid.
+    # The score threshold is tuned on validation F1, from the grid; the bundle keeps the curve.
     assert bundle["class_names"] == CLASSES and bundle["thresholds"]["score"] in SCORE_GRID
+    (curve,) = bundle["tuning"]
+    assert curve["x"] == list(SCORE_GRID) and curve["chosen"] == bundle["thresholds"]["score"]
+    f1 = curve["series"]["F1"]
+    assert f1[curve["x"].index(curve["chosen"])] == max(f1)
     predictor = defects.load(bundle_path)
     predictor.set_threshold(0.0)
     image = sorted((weld_root / "test" / "images").glob("*.png"))[0]
@@ -166,6 +171,8 @@ def test_evaluate_writes_metrics_and_plot_data(trained: dict, model_file: str) -
     assert report_metrics(out / "metrics_dir" / "eval.json", "test", NEST) == rounded(metrics)
     header = (out / "plots_dir" / "test_pr_curve.csv").read_text().splitlines()[0]
     assert header == "class,recall,precision"
+    for figure in ("pr_curve", "predictions", "per_class", "thresholds", "confusion_matrix"):
+        assert_png(out / "plots_dir" / f"test_{figure}.png", 250)
 
 
 def test_onnx_export_matches_eager_detections(trained: dict, weld_root: Path, tmp_path: Path):

@@ -254,6 +254,21 @@ class ModelKind(ABC):
         refuse_search(self, search)
         return bundle["thresholds"]
 
+    def tune_with_curves(
+        self, bundle: dict[str, Any], datamodule: EvalData, search: Any = None
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """`tune`, and the curves the thresholds were chosen from (the objective against each
+        searched threshold, `defects.reports.threshold_curve`): the bundle keeps them as
+        `tuning`, and every report of it draws them. [] for a kind that searches nothing."""
+        return self.tune(bundle, datamodule, search), []
+
+    def tuned_bundle(
+        self, bundle: dict[str, Any], datamodule: EvalData, search: Any = None
+    ) -> dict[str, Any]:
+        """The bundle with tuned thresholds and, where the kind searched, its `tuning`."""
+        thresholds, curves = self.tune_with_curves(bundle, datamodule, search)
+        return {**bundle, "thresholds": thresholds, **({"tuning": curves} if curves else {})}
+
     # ------------------------------------------------------------------ inference
     @abstractmethod
     def build_network(self, kwargs: dict[str, Any]) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -96,40 +97,60 @@ def pr_curves(result: dict, class_names: Sequence[str], iou: float = 0.5) -> lis
     return rows
 
 
+@dataclass
+class Matching:
+    """How one image's detections met its truth boxes (`match_boxes`): which detections and
+    which truth boxes found a partner, and each truth box's IoU with its partner or, when it
+    was missed, with the closest detection of its class (0 when there is none)."""
+
+    pred_matched: np.ndarray
+    truth_matched: np.ndarray
+    truth_iou: np.ndarray
+
+
+def match_boxes(pred: dict, truth: dict, iou_threshold: float = 0.5) -> Matching:
+    """Greedy matching within each class, COCO's rule: detections by descending score take
+    the unmatched truth box of their class with the highest IoU >= `iou_threshold`, one match
+    each. `pred`: {boxes [N, 4], scores [N], labels [N]}; `truth`: {boxes, labels}; xyxy."""
+    from torchvision.ops import box_iou
+
+    p_boxes = torch.as_tensor(pred["boxes"]).float().reshape(-1, 4)
+    p_labels = torch.as_tensor(pred["labels"]).reshape(-1)
+    t_boxes = torch.as_tensor(truth["boxes"]).float().reshape(-1, 4)
+    t_labels = torch.as_tensor(truth["labels"]).reshape(-1)
+    same = p_labels[:, None] == t_labels[None, :]
+    iou = box_iou(p_boxes, t_boxes) if len(p_boxes) and len(t_boxes) else same.float()
+    iou = torch.where(same, iou, torch.zeros_like(iou))
+    pred_matched = torch.zeros(len(p_boxes), dtype=torch.bool)
+    truth_matched = torch.zeros(len(t_boxes), dtype=torch.bool)
+    truth_iou = iou.max(0).values if len(p_boxes) else torch.zeros(len(t_boxes))
+    order = torch.argsort(torch.as_tensor(pred["scores"]).float(), descending=True, stable=True)
+    for i in order.tolist():
+        row = torch.where(truth_matched | ~same[i], torch.full_like(iou[i], -1.0), iou[i])
+        if len(row) and float(row.max()) >= iou_threshold:
+            j = int(row.argmax())
+            truth_matched[j], pred_matched[i] = True, True
+            truth_iou[j] = iou[i, j]
+    return Matching(pred_matched.numpy(), truth_matched.numpy(), truth_iou.double().numpy())
+
+
 def match_counts(
     preds: Sequence[dict], truths: Sequence[dict], iou_threshold: float = 0.5
 ) -> dict[int, tuple[int, int, int]]:
-    """Per label: (true positives, false positives, false negatives) of fixed detections.
-
-    Per image and class, detections are matched greedily by descending score to the
-    unmatched truth box of highest IoU >= `iou_threshold` (COCO's rule, one match each).
-    `preds`: {boxes [N, 4], scores [N], labels [N]}; `truths`: {boxes, labels}; xyxy pixels.
-    """
-    from torchvision.ops import box_iou
-
+    """Per label: (true positives, false positives, false negatives) of fixed detections,
+    matched per image by `match_boxes`. `preds`: {boxes [N, 4], scores [N], labels [N]};
+    `truths`: {boxes, labels}; xyxy pixels."""
     counts: dict[int, list[int]] = {}
     for pred, truth in zip(preds, truths, strict=True):
-        p_boxes, p_labels = torch.as_tensor(pred["boxes"]).float(), torch.as_tensor(pred["labels"])
-        t_boxes, t_labels = (
-            torch.as_tensor(truth["boxes"]).float(),
-            torch.as_tensor(truth["labels"]),
-        )
-        p_scores = torch.as_tensor(pred["scores"]).float()
-        for label in torch.unique(torch.cat([p_labels, t_labels])).tolist():
+        matching = match_boxes(pred, truth, iou_threshold)
+        p_labels = torch.as_tensor(pred["labels"]).reshape(-1).numpy()
+        t_labels = torch.as_tensor(truth["labels"]).reshape(-1).numpy()
+        for label in np.unique(np.concatenate([p_labels, t_labels])).tolist():
             tally = counts.setdefault(int(label), [0, 0, 0])
-            p_mask, t_mask = p_labels == label, t_labels == label
-            boxes = p_boxes[p_mask][torch.argsort(p_scores[p_mask], descending=True, stable=True)]
-            gt = t_boxes[t_mask]
-            matched = torch.zeros(len(gt), dtype=torch.bool)
-            iou = box_iou(boxes, gt) if len(boxes) and len(gt) else torch.zeros(len(boxes), 0)
-            for row in iou:
-                row = torch.where(matched, torch.full_like(row, -1.0), row)
-                if len(row) and float(row.max()) >= iou_threshold:
-                    matched[int(row.argmax())] = True
-                    tally[0] += 1
-                else:
-                    tally[1] += 1
-            tally[2] += int((~matched).sum())
+            found = matching.pred_matched[p_labels == label]
+            tally[0] += int(found.sum())
+            tally[1] += int((~found).sum())
+            tally[2] += int((~matching.truth_matched[t_labels == label]).sum())
     return {label: (tp, fp, fn) for label, (tp, fp, fn) in sorted(counts.items())}
 
 

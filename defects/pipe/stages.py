@@ -27,11 +27,13 @@ stage before it wrote under ``pipe.work_dir`` and never writes into ``pipe.sourc
 7. ``evaluate``  per-class IoU (`mask_iou_per_class`) on ``split`` (test) against the true
                  masks, of the written predictions (``work/predictions/<model>/<split>/``),
                  and of the training masks (box, GrabCut, refined) on the train images
-                 outside the fine subset: ``metrics/pipe/pipe_iou.json`` and ``pipe_iou.md``.
+                 outside the fine subset: ``metrics/pipe/pipe_iou.json`` and ``pipe_iou.md``,
+                 and as bars per class ``plots/pipe/<split>_iou_per_class.png``.
 
 Tracking: with an MLflow logger, every model the stages train is a child run (tag
 ``mlflow.parentRunId``) of one parent run per work folder, whose id is kept in
-``work/mlflow_parent.json``; the evaluate stage logs its IoUs and tables to the parent.
+``work/mlflow_parent.json``; the evaluate stage logs its IoUs, tables and figure to the
+parent.
 """
 
 from __future__ import annotations
@@ -529,9 +531,25 @@ def evaluate_stage(cfg: DictConfig) -> dict:
     json_path = _write_json(p.metrics_dir / "pipe_iou.json", report)
     md_path = p.metrics_dir / "pipe_iou.md"
     atomic_write_text(md_path, iou_table(report))
-    _log_to_parent(cfg, p, report, [json_path, md_path])
+    figure = plot_iou_rows(report, p.plots_dir / f"{split}_iou_per_class.png")
+    _log_to_parent(cfg, p, report, [json_path, md_path, figure])
     log.info("\n%s", iou_table(report))
     return report
+
+
+def plot_iou_rows(report: dict, out: Path) -> Path:
+    """Per class, a bar for each row of `iou_table`: every model on the split, then every
+    kind of training mask on the train images outside the fine subset."""
+    from defects.plots import plot_class_bars
+
+    rows = {f"model: {k}": v for k, v in report["models"].items()}
+    rows |= {f"training masks: {k}": v for k, v in report["training_masks"].items()}
+    series = {
+        label: {name: v for name, v in values.items() if v is not None}
+        for label, values in rows.items()
+    }
+    title = f"IoU per class against the true masks ({report['split']} for models, train for masks)"
+    return plot_class_bars(series, [*report["classes"], "mean"], out, title)
 
 
 def _log_to_parent(cfg: DictConfig, p: PipePaths, report: dict, files: Sequence[Path]) -> None:
@@ -549,7 +567,7 @@ def _log_to_parent(cfg: DictConfig, p: PipePaths, report: dict, files: Sequence[
                 if value is not None:
                     client.log_metric(parent, f"{report['split']}_iou/{group}/{row}/{name}", value)
     for path in files:
-        client.log_artifact(parent, str(path), "metrics")
+        client.log_artifact(parent, str(path), "plots" if path.suffix == ".png" else "metrics")
 
 
 # --------------------------------------------------------------------------- entry

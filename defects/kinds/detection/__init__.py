@@ -38,10 +38,16 @@ class BoxKind(ModelKind):
         self, bundle: dict[str, Any], datamodule: EvalData, search: Any = None
     ) -> dict[str, Any]:
         """The score threshold with the best validation F1 (no `tune` node: `search` None)."""
+        return self.tune_with_curves(bundle, datamodule, search)[0]
+
+    def tune_with_curves(
+        self, bundle: dict[str, Any], datamodule: EvalData, search: Any = None
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         refuse_search(self, search)
-        thresholds, f1 = evaluation.tune(self.predictor(bundle), datamodule)
+        thresholds, curves = evaluation.tune(self.predictor(bundle), datamodule)
+        f1 = curves[0]["series"]["F1"][curves[0]["x"].index(thresholds["score"])]
         log.info("tuned score threshold %.2f (val F1 %.4f)", thresholds["score"], f1)
-        return thresholds
+        return thresholds, curves
 
 
 __all__ = ["BoxKind", "DetectionPredictor", "DetectionWriter"]

@@ -46,15 +46,20 @@ class GatedSegmentationKind(ModelKind):
     ) -> dict[str, Any]:
         """`search`: the run's `tune` node built (a `ThresholdSearch`, its objective), or
         None for the Kaggle Dice search."""
+        return self.tune_with_curves(bundle, datamodule, search)[0]
+
+    def tune_with_curves(
+        self, bundle: dict[str, Any], datamodule: EvalData, search: Any = None
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         if search is not None and not isinstance(search, ThresholdSearch):
             raise ConfigError(
                 f"tune._target_: the gated kind tunes with a ThresholdSearch, "
                 f"not {type(search).__qualname__}"
             )
-        thresholds, scores = evaluation.tune(self.predictor(bundle), datamodule, search)
+        thresholds, scores, curves = evaluation.tune(self.predictor(bundle), datamodule, search)
         at = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
         log.info("tuned thresholds %s (validation: %s)", thresholds, at)
-        return thresholds
+        return thresholds, curves
 
     def build_network(self, kwargs: dict[str, Any]) -> Any:
         from defects.kinds.gated.net import Segmenter

@@ -24,6 +24,7 @@ from defects.metrics.segmentation import (
     image_rates,
     iou_from_counts,
 )
+from defects.reports import threshold_curve as curve
 
 log = logging.getLogger("defects")
 
@@ -216,20 +217,66 @@ class ThresholdSearch:
         if self.objective == "recall_at_fpr":
             return self._best_at_recall()
         best: tuple[float, Thresholds] | None = None
-        for gate_threshold in self.gate_candidates():
-            candidate, score = self.pick(gate_threshold, self.objective)
+        for _, candidate, score in self.gate_points():
             if best is None or score >= best[0] - 1e-12:  # ties: the higher gate skips more
                 best = (score, candidate)
         assert best is not None
         return best[1], best[0]
 
-    def _best_at_recall(self) -> tuple[Thresholds, float]:
+    def gate_points(self) -> list[tuple[float, Thresholds, float]]:
+        """(gate threshold, the best per-class thresholds there, the objective's value) at
+        each gate candidate, ascending (not for `recall_at_fpr`)."""
+        return [(g, *self.pick(g, self.objective)) for g in self.gate_candidates()]
+
+    def recall_points(self) -> list[tuple[float, float, float, float, Thresholds]]:
+        """(image recall, -false-alarm rate, defective_dice, gate threshold, thresholds) at
+        each of `recall_gate_candidates`, the per-class thresholds picked by defective_dice."""
         points = []
         for gate_threshold in self.recall_gate_candidates():
             candidate, score = self.pick(gate_threshold, "defective_dice")
             rates = self.summary(candidate)
             recall, false_alarm = rates["image_recall"], rates["image_false_alarm"]
             points.append((recall, -false_alarm, score, gate_threshold, candidate))
+        return points
+
+    def curves(self, chosen: Thresholds, class_names: Sequence[str]) -> list[dict[str, Any]]:
+        """What the search chose from, for `defects.plots.plot_threshold_curves`: the
+        objective against the gate threshold (image recall and false-alarm rate for
+        `recall_at_fpr`), then per class its term against the pixel threshold (at the chosen
+        min area) and the min area (at the chosen pixel threshold), at the chosen gate."""
+        per_class: str = self.objective
+        if self.objective == "recall_at_fpr":
+            points = self.recall_points()
+            x = [p[3] for p in points]
+            series = {
+                "image false alarm": [-p[1] for p in points],
+                "image recall": [p[0] for p in points],
+            }
+            gate = curve("gate threshold", "", "image false alarm", x, series, chosen.gate)
+            gate["target"] = {"series": "image recall", "value": self.target_recall}
+            per_class = "defective_dice"
+        else:
+            points3 = self.gate_points()
+            x, scores = [p[0] for p in points3], [p[2] for p in points3]
+            gate = curve(
+                "gate threshold", "", self.objective, x, {self.objective: scores}, chosen.gate
+            )
+        terms = self.class_terms(chosen.gate, per_class)  # [K, T, A]
+        pixels, areas = [float(v) for v in self.pixel_grid], [int(v) for v in self.area_grid]
+        found = [gate]
+        for k, name in enumerate(class_names):
+            t, a = pixels.index(chosen.pixel[k]), areas.index(chosen.min_area[k])
+            by_pixel = {per_class: terms[k, :, a].tolist()}
+            by_area = {per_class: terms[k, t, :].tolist()}
+            found.append(
+                curve("pixel threshold", name, per_class, pixels, by_pixel, chosen.pixel[k])
+            )
+            area = curve("min area (px)", name, per_class, areas, by_area, chosen.min_area[k])
+            found.append({**area, "grid": True})
+        return found
+
+    def _best_at_recall(self) -> tuple[Thresholds, float]:
+        points = self.recall_points()
         reached = [p for p in points if p[0] >= self.target_recall - 1e-12]
         if reached:
             choice = max(reached, key=lambda p: p[1:4])
