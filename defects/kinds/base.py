@@ -246,21 +246,22 @@ class ModelKind(ABC):
     def tune(
         self, bundle: dict[str, Any], datamodule: EvalData, search: Any = None
     ) -> dict[str, Any]:
-        """Thresholds for the bundle, tuned on validation; the default keeps the configured.
+        """Thresholds for the bundle, tuned on validation (`tune_with_curves` less its curves).
 
         `search` is the run's `tune` config node built (`defects.runtime.make_search`): how a
         kind that takes one tunes (the gated kind's `ThresholdSearch`); None where the config
         has no `tune` node. A kind that takes none refuses one rather than ignore it."""
-        refuse_search(self, search)
-        return bundle["thresholds"]
+        return self.tune_with_curves(bundle, datamodule, search)[0]
 
     def tune_with_curves(
         self, bundle: dict[str, Any], datamodule: EvalData, search: Any = None
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """`tune`, and the curves the thresholds were chosen from (the objective against each
-        searched threshold, `defects.reports.threshold_curve`): the bundle keeps them as
-        `tuning`, and every report of it draws them. [] for a kind that searches nothing."""
-        return self.tune(bundle, datamodule, search), []
+        """The thresholds (see `tune`) and the curves they were chosen from (the objective
+        against each searched threshold, `defects.reports.threshold_curve`): the bundle keeps
+        them as `tuning`, and every report of it draws them. What a kind that tunes overrides;
+        the default keeps the configured thresholds and has no curves."""
+        refuse_search(self, search)
+        return bundle["thresholds"], []
 
     def tuned_bundle(
         self, bundle: dict[str, Any], datamodule: EvalData, search: Any = None

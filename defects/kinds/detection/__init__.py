@@ -34,15 +34,10 @@ class BoxKind(ModelKind):
     def predictor(self, bundle: dict[str, Any], device: str = "cpu") -> DetectionPredictor:
         """The eager predictor of a bundle (`tune` needs its `detect_all`)."""
 
-    def tune(
-        self, bundle: dict[str, Any], datamodule: EvalData, search: Any = None
-    ) -> dict[str, Any]:
-        """The score threshold with the best validation F1 (no `tune` node: `search` None)."""
-        return self.tune_with_curves(bundle, datamodule, search)[0]
-
     def tune_with_curves(
         self, bundle: dict[str, Any], datamodule: EvalData, search: Any = None
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The score threshold with the best validation F1 (no `tune` node: `search` None)."""
         refuse_search(self, search)
         thresholds, curves = evaluation.tune(self.predictor(bundle), datamodule)
         f1 = curves[0]["series"]["F1"][curves[0]["x"].index(thresholds["score"])]

@@ -41,16 +41,11 @@ class GatedSegmentationKind(ModelKind):
             "output": {"exclusive": bool(hp.get("exclusive", False))},
         }
 
-    def tune(
-        self, bundle: dict[str, Any], datamodule: EvalData, search: Any = None
-    ) -> dict[str, Any]:
-        """`search`: the run's `tune` node built (a `ThresholdSearch`, its objective), or
-        None for the Kaggle Dice search."""
-        return self.tune_with_curves(bundle, datamodule, search)[0]
-
     def tune_with_curves(
         self, bundle: dict[str, Any], datamodule: EvalData, search: Any = None
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """`search`: the run's `tune` node built (a `ThresholdSearch`, its objective), or
+        None for the Kaggle Dice search."""
         if search is not None and not isinstance(search, ThresholdSearch):
             raise ConfigError(
                 f"tune._target_: the gated kind tunes with a ThresholdSearch, "
